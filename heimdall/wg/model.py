@@ -1,0 +1,112 @@
+"""WireGuard domain objects and the pure diff between desired and actual state.
+
+Keys are the standard base64 text form everywhere in Heimdall; backends convert
+to whatever their transport needs (hex for the UAPI, raw for netlink).
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+
+class WireGuardError(Exception):
+    """A WireGuard operation failed; the message names the interface and the step."""
+
+
+def normalize_network(value: str) -> str:
+    """Canonical text of an IP network ("10.1.2.3/16" -> "10.1.0.0/16")."""
+    return str(ipaddress.ip_network(value, strict=False))
+
+
+@dataclass(frozen=True)
+class WgPeer:
+    """Configuration of one WireGuard peer (what we set, not runtime counters)."""
+
+    public_key: str
+    allowed_ips: tuple[str, ...] = ()
+    endpoint: str | None = None  # "host:port" / "[v6]:port"
+    persistent_keepalive: int = 0
+
+    def __post_init__(self) -> None:
+        # Normalized, sorted allowed IPs make equality mean "same config".
+        object.__setattr__(
+            self,
+            "allowed_ips",
+            tuple(sorted({normalize_network(n) for n in self.allowed_ips})),
+        )
+
+
+@dataclass(frozen=True)
+class WgPeerStatus:
+    """A peer as read back from the interface, with its runtime counters."""
+
+    peer: WgPeer
+    last_handshake: float = 0.0  # unix seconds, 0 = never
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+
+
+@dataclass
+class WgDevice:
+    """What an interface currently holds."""
+
+    name: str
+    public_key: str | None
+    listen_port: int
+    peers: dict[str, WgPeerStatus] = field(default_factory=dict)
+
+    def peer_configs(self) -> dict[str, WgPeer]:
+        return {k: s.peer for k, s in self.peers.items()}
+
+
+@dataclass(frozen=True)
+class PeerPlan:
+    """The minimal set of per-peer changes that turns actual into desired."""
+
+    add: tuple[WgPeer, ...] = ()
+    update: tuple[WgPeer, ...] = ()
+    remove: tuple[str, ...] = ()  # public keys
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.update or self.remove)
+
+    def summary(self) -> str:
+        return f"+{len(self.add)} ~{len(self.update)} -{len(self.remove)}"
+
+
+def plan_peers(desired: dict[str, WgPeer], actual: dict[str, WgPeer]) -> PeerPlan:
+    """Diff two {public_key: WgPeer} maps.
+
+    An actual endpoint is only a difference when the desired peer names one:
+    WireGuard learns roaming endpoints by itself and we must not fight it.
+    """
+    add, update = [], []
+    for key, want in sorted(desired.items()):
+        have = actual.get(key)
+        if have is None:
+            add.append(want)
+            continue
+        if (
+            have.allowed_ips != want.allowed_ips
+            or have.persistent_keepalive != want.persistent_keepalive
+            or (want.endpoint is not None and have.endpoint != want.endpoint)
+        ):
+            update.append(want)
+    remove = tuple(sorted(k for k in actual if k not in desired))
+    return PeerPlan(tuple(add), tuple(update), remove)
+
+
+@dataclass(frozen=True)
+class SetPlan:
+    """Items to add and remove so a set of strings matches the desired one."""
+
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.remove)
+
+
+def plan_set(desired: set[str], actual: set[str]) -> SetPlan:
+    """Diff for addresses and routes (both kept as normalized CIDR strings)."""
+    return SetPlan(tuple(sorted(desired - actual)), tuple(sorted(actual - desired)))
