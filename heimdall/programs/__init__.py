@@ -1,0 +1,1 @@
+"""Console scripts: one thin main() per program of the suite."""
