@@ -337,7 +337,7 @@ def load(program: str, argv: list[str] | None = None) -> tuple[Config, bool]:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     explicit = _explicit_config(argv)
-    if explicit is not None and not explicit.is_file():
+    if explicit is not None and not explicit.exists():
         raise ConfigError(f"--config {explicit}: no such file")
     files = config_files(program, explicit)
     parser = build_parser(program, files)
