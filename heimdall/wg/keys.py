@@ -1,7 +1,8 @@
 """WireGuard key pairs, generated and kept on the host that uses them.
 
 The private key file is created 0600 atomically (O_EXCL on a temp name, then
-rename) so it is never readable by others, not even for an instant.
+link()) so it is never readable by others, not even for an instant, and two
+daemons starting at once both end up with the one key that won the race.
 """
 from __future__ import annotations
 
@@ -54,5 +55,10 @@ def load_or_create_private_key(path: Path) -> str:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    try:
+        os.link(tmp, path)  # fails if another process created the key first: use theirs
+    except FileExistsError:
+        key = validate_key(path.read_text().strip())
+    finally:
+        os.unlink(tmp)
     return key
