@@ -1,0 +1,135 @@
+"""The node's embedded redis-server: its config file and its process.
+
+heimdall-store renders the config (bind to loopback and the tunnel address only,
+a password derived from the cluster key, data under the data dir, instant
+diskless replication), runs ``redis-server`` as a child, restarts it when it
+dies, and points it at the current master with REPLICAOF. Tests and the lab
+use the same class to run real servers.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+log = logging.getLogger(__name__)
+
+
+class RedisServerError(Exception):
+    """redis-server could not be started or configured."""
+
+
+@dataclass(frozen=True)
+class RedisServerConfig:
+    port: int
+    data_dir: Path
+    password: str
+    bind: tuple[str, ...] = ("127.0.0.1",)
+    replica_of: tuple[str, int] | None = None
+    replica_priority: int = 100  # lower = preferred by Sentinel; 0 = never promoted
+    persistence: bool = True
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "redis.conf"
+
+    def render(self) -> str:
+        """The redis.conf text. Every line is ours; nothing is inherited from a distro default."""
+        lines = [
+            "# Written by heimdall-store; changes are overwritten.",
+            f"port {self.port}",
+            f"bind {' '.join(self.bind)}",
+            "protected-mode yes",
+            f"requirepass {self.password}",
+            f"masterauth {self.password}",
+            f"dir {self.data_dir}",
+            "daemonize no",
+            'logfile ""',
+            # Replicas start syncing at once (Redis 7 waits 5 s by default: join time).
+            "repl-diskless-sync yes",
+            "repl-diskless-sync-delay 0",
+            "replica-read-only yes",
+            f"replica-priority {self.replica_priority}",
+        ]
+        if self.persistence:
+            lines += ["appendonly yes", "appendfsync everysec", "save 300 1"]
+        else:
+            lines += ['save ""', "appendonly no"]
+        if self.replica_of:
+            lines.append(f"replicaof {self.replica_of[0]} {self.replica_of[1]}")
+        lines += [f"{k} {v}" for k, v in self.extra.items()]
+        return "\n".join(lines) + "\n"
+
+    def write(self) -> Path:
+        """Write the config 0600 (it holds the password)."""
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.config_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.render())
+        os.replace(tmp, self.config_path)
+        return self.config_path
+
+
+def redis_server_binary() -> str:
+    path = shutil.which("redis-server")
+    if not path:
+        raise RedisServerError("redis-server not found in PATH (Debian: apt-get install redis-server)")
+    return path
+
+
+class RedisServerProcess:
+    """One redis-server child process, started from a RedisServerConfig."""
+
+    def __init__(self, config: RedisServerConfig) -> None:
+        self.config = config
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def client(self, host: str = "127.0.0.1") -> aioredis.Redis:
+        return aioredis.Redis(host=host, port=self.config.port, password=self.config.password,
+                              decode_responses=True, socket_timeout=5)
+
+    async def start(self, timeout: float = 10.0) -> None:
+        path = self.config.write()
+        self.process = await asyncio.create_subprocess_exec(redis_server_binary(), str(path))
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with self.client() as client:
+            while True:
+                if self.process.returncode is not None:
+                    raise RedisServerError(
+                        f"redis-server exited with status {self.process.returncode} (config {path})")
+                try:
+                    await client.ping()
+                    log.info("redis-server %s listening on %s:%d", self.process.pid,
+                             ",".join(self.config.bind), self.config.port)
+                    return
+                except (ConnectionError, OSError, aioredis.ConnectionError, aioredis.BusyLoadingError):
+                    if asyncio.get_running_loop().time() > deadline:
+                        await self.stop()
+                        raise RedisServerError(f"redis-server did not answer on port {self.config.port}") from None
+                    await asyncio.sleep(0.05)
+
+    async def wait(self) -> int:
+        assert self.process is not None
+        return await self.process.wait()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (redis saves and exits), SIGKILL if it does not stop in time."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.terminate()
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout)
+        except asyncio.TimeoutError:
+            self.process.kill()
+            await self.process.wait()
