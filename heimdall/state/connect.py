@@ -1,0 +1,57 @@
+"""How a daemon reaches the state: read from the local Redis, write to the master.
+
+The local Redis is the node's own (embedded, on 127.0.0.1) unless ``--redis-url``
+names an existing one, in which case reads and writes both go there. Every node's
+Redis uses the same password, derived from the cluster key.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import redis.asyncio as aioredis
+
+from heimdall import cluster
+from heimdall.settings import Config
+from heimdall.state.records import MasterRecord
+from heimdall.state.store import State
+
+log = logging.getLogger(__name__)
+
+SOCKET_TIMEOUT = 5.0
+
+
+class StateLink:
+    """A daemon's State, re-pointed at the master whenever the master record changes."""
+
+    def __init__(self, config: Config, cluster_key: bytes) -> None:
+        self.config = config
+        self.password = cluster.redis_password(cluster_key)
+        self.local = self._client(url=config.redis_url or None, host="127.0.0.1")
+        self.state = State(self.local)
+        self.master_address: str | None = None
+
+    def _client(self, *, url: str | None = None, host: str = "127.0.0.1") -> aioredis.Redis:
+        options = dict(decode_responses=True, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT,
+                       health_check_interval=10)
+        if url:
+            return aioredis.Redis.from_url(url, **options)
+        return aioredis.Redis(host=host, port=self.config.redis_port, password=self.password, **options)
+
+    def follow(self, master: MasterRecord | None, own_id: str) -> State:
+        """Point writes at ``master`` (the local Redis when we are it, or when using --redis-url)."""
+        address = None if master is None or master.node_id == own_id or self.config.redis_url else master.address
+        if address != self.master_address:
+            previous = self.state.writer
+            self.state = self.state.with_writer(self._client(host=address) if address else self.local)
+            self.master_address = address
+            if previous is not self.local:
+                # Closing is best effort; the old master may be gone.
+                asyncio.ensure_future(previous.aclose())
+            log.info("writing to the master at %s", address or "the local Redis")
+        return self.state
+
+    async def close(self) -> None:
+        if self.state.writer is not self.local:
+            await self.state.writer.aclose()
+        await self.local.aclose()
