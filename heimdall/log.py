@@ -62,5 +62,5 @@ def setup(debug: bool = False, stream=None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     # Library chatter stays out of debug output unless it matters.
-    for noisy in ("pyroute2", "asyncio", "grpc"):
+    for noisy in ("pyroute2", "asyncio", "grpc", "redis"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

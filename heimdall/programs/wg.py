@@ -1,8 +1,9 @@
-"""heimdall-wg (not built yet: parses its configuration, then says so and exits 2)."""
+"""heimdall-wg: the node's WireGuard interface, routes, forwarding and firewall."""
 from __future__ import annotations
 
+from heimdall.agents.wg import WgAgent
 from heimdall.daemon import run_program
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_program("heimdall-wg", None, argv)
+    return run_program("heimdall-wg", WgAgent, argv)

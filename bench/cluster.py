@@ -1,0 +1,147 @@
+"""Gateway cluster figures on simulated hosts with the real daemons.
+
+join_s               a new node's daemons start -> it pings every other node
+convergence_ms_p50/99  a route written on the master -> applied in the kernel of every node
+change_loss_packets  packets lost by ping flows across all those changes
+rss_mb_max           largest resident memory of any heimdall daemon on an idle node
+idle_cpu_pct_max     largest CPU use of any heimdall daemon on an idle node
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from heimdall.lab import Lab
+from heimdall.lab.cluster import LabNode, new_cluster_key, wait_until
+from heimdall.lab.tunnels import PingFlow
+
+CHANGES = 60  # each is a route added then removed: 2 revisions
+SPACING = 0.25
+IDLE_SECONDS = 10
+APPLIED = re.compile(r"^(\S+ \S+) INFO +heimdall-wg: applied rev (\d+)", re.M)
+
+WRITER = """
+import asyncio, json, sys, time
+import redis.asyncio as aioredis
+from heimdall import cluster
+from heimdall.state import State
+key, via, count, spacing = sys.argv[1].encode(), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+async def main():
+    r = aioredis.Redis(port=16379, password=cluster.redis_password(key), decode_responses=True)
+    state, written = State(r), {}
+    for i in range(count):
+        for add in (True, False):
+            net = f"10.200.{i}.0/24"
+            before = time.time()
+            await (state.create_route(net, via) if add else state.delete_route(net))
+            written[await state.revision()] = before
+            await asyncio.sleep(spacing)
+    print(json.dumps(written))
+asyncio.run(main())
+"""
+
+
+def figure(name: str, value: float, unit: str) -> None:
+    print(f"{name}={value:.6g} {unit}", flush=True)
+
+
+def progress(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+def applied_times(node: LabNode) -> dict[int, float]:
+    """rev -> unix time heimdall-wg logged it applied (its log lines carry ms timestamps)."""
+    found = {}
+    for stamp, rev in APPLIED.findall(node.log("heimdall-wg")):
+        found[int(rev)] = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return found
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def daemon_usage(nodes: list[LabNode], seconds: float) -> tuple[float, float]:
+    """(largest RSS in MB, largest CPU %) over the heimdall daemons of ``nodes`` while idle."""
+    tick = 100  # os.sysconf("SC_CLK_TCK") on Linux
+    pids = [p.pid for n in nodes for p in n.procs.values() if p.poll() is None]
+
+    def cpu(pid: int) -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    before = {pid: cpu(pid) for pid in pids}
+    time.sleep(seconds)
+    cpu_pct = max((cpu(pid) - before[pid]) / tick / seconds * 100 for pid in pids)
+    rss = max(int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())[1]) for pid in pids)
+    return rss / 1024, cpu_pct
+
+
+def run() -> None:
+    key = new_cluster_key()
+    with tempfile.TemporaryDirectory() as tmp, Lab() as lab:
+        logs = Path(tmp)
+        nodes: list[LabNode] = []
+        try:
+            progress("bringing up 3 nodes")
+            first = LabNode(lab.add_host("node1"), key, logs, settings={"debug": "false"}).start().wait_member()
+            nodes.append(first)
+            for name in ("node2", "node3"):
+                nodes.append(LabNode(lab.add_host(name), key, logs, join=first,
+                                     settings={"debug": "false"}).start())
+            for node in nodes:
+                node.wait_member()
+            wait_until(lambda: all(a.pings(b.tunnel_address) for a in nodes for b in nodes if a is not b), 30,
+                       "a full mesh")
+
+            progress("idle usage")
+            time.sleep(3)
+            rss, cpu = daemon_usage(nodes, IDLE_SECONDS)
+
+            progress("join time of a fourth node")
+            began = time.monotonic()
+            fourth = LabNode(lab.add_host("node4"), key, logs, join=first, settings={"debug": "false"}).start()
+            nodes.append(fourth)
+            wait_until(lambda: all(fourth.pings(n.tunnel_address, wait=0.2) for n in nodes[:3]), 60,
+                       "the fourth node to ping all others", interval=0.01)
+            join_s = time.monotonic() - began
+            wait_until(lambda: all(n.pings(fourth.tunnel_address) for n in nodes[:3]), 30, "the mesh to include node4")
+
+            progress(f"{CHANGES * 2} route changes while ping flows run")
+            seconds = CHANGES * 2 * SPACING + 3
+            flows = [PingFlow(nodes[0].host, nodes[1].tunnel_address, seconds, logs / "f01.log"),
+                     PingFlow(nodes[1].host, nodes[2].tunnel_address, seconds, logs / "f12.log"),
+                     PingFlow(nodes[3].host, nodes[0].tunnel_address, seconds, logs / "f30.log")]
+            out = first.host.run([sys.executable, "-c", WRITER, key, nodes[1].node_id, str(CHANGES), str(SPACING)],
+                                 timeout=CHANGES * 2 * SPACING + 60).stdout
+            written = {int(k): v for k, v in json.loads(out).items()}
+            lost = 0
+            for flow in flows:
+                sent, received = flow.wait()
+                lost += sent - received
+            time.sleep(1)
+            applied = [applied_times(n) for n in nodes]
+            latencies = []
+            for rev, at in written.items():
+                ends = [a.get(rev) for a in applied]
+                if None in ends:  # a later revision may have been applied in the same pass
+                    ends = [a.get(rev) or min((t for r, t in a.items() if r >= rev), default=None) for a in applied]
+                if None in ends:
+                    raise RuntimeError(f"revision {rev} was never applied on some node")
+                latencies.append((max(ends) - at) * 1000)
+        finally:
+            for node in nodes:
+                node.stop()
+    figure("join_s", join_s, "s")
+    figure("convergence_ms_p50", statistics.median(latencies), "ms")
+    figure("convergence_ms_p99", percentile(latencies, 99), "ms")
+    figure("change_loss_packets", lost, "packets")
+    figure("rss_mb_max", rss, "MB")
+    figure("idle_cpu_pct_max", cpu, "%")

@@ -1,0 +1,235 @@
+"""heimdall-wg: the node's WireGuard interface, tunnel address, routes, forwarding and firewall.
+
+Events from the local Redis only mark the state dirty; one reconcile loop reads a
+snapshot, derives the desired interface (topology.node_desired), diffs it against
+the kernel and applies the difference — single peers, never a new interface. A
+periodic full resync is the safety net for lost events and repairs drift (a peer
+removed by hand). When Redis is unreachable the interface keeps its last applied
+state: tunnels never drop because the control plane is away.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from redis.exceptions import RedisError
+
+from heimdall import cluster, firewall, identity, uplink
+from heimdall.daemon import Daemon
+from heimdall.identity import Membership
+from heimdall.state import MasterRecord, NodeRecord, Pool, Snapshot, StateError
+from heimdall.state.connect import StateLink
+from heimdall.topology import Desired, node_desired
+from heimdall.wg import keys, make_backend
+from heimdall.wg.model import WireGuardError, plan_peers
+
+BACKOFF_MAX = 5.0
+MEMBER_WAIT = 0.2
+
+
+class WgAgent(Daemon):
+    program = "heimdall-wg"
+
+    def __init__(self, config, config_loader=None) -> None:
+        super().__init__(config, config_loader)
+        self.dirty = asyncio.Event()
+        self.applied_rev = -1
+        self.link: StateLink | None = None
+        self.firewall: firewall.Firewall | None = None
+
+    # -- start: interface first, then membership, then the first reconcile --------------------
+    async def start(self) -> None:
+        c = self.config
+        self.cluster_key = cluster.load_cluster_key(c.cluster_key, c.cluster_key_file)
+        self.node_id = identity.host_id(c.data_dir, c.id)
+        private_key = identity.private_key(c.data_dir)
+        self.public_key = keys.public_key(private_key)
+        # pyroute2's synchronous API cannot run inside an event loop: kernel calls go to a thread.
+        self.uplink, endpoint_ip = await asyncio.to_thread(uplink.resolve, c.node_interface, c.endpoint_ip)
+        self.endpoint = f"{endpoint_ip}:{c.endpoint_port}"
+        self.grpc_address = c.advertise_grpc_address or f"tcp://{endpoint_ip}:{c.addr.rsplit(':', 1)[1]}"
+        self.backend = await asyncio.to_thread(make_backend, c.interface_name, c.wireguard_backend)
+        self.status(f"bringing up {c.interface_name} ({self.backend.kind})")
+        ifindex = await asyncio.to_thread(self.backend.ensure_interface)
+        await asyncio.to_thread(self.backend.configure, private_key, c.endpoint_port)
+        self.log.info("%s is up (ifindex %d, %s backend), public key %s", c.interface_name, ifindex,
+                      self.backend.kind, self.public_key)
+        self.link = StateLink(c, self.cluster_key)
+        membership = Membership.load(c.data_dir)
+        if membership is None:
+            membership = await (self._join() if c.peer else self._bootstrap())
+        self.membership = membership
+        await asyncio.to_thread(firewall.enable_ip_forwarding)
+        self.firewall = firewall.Firewall()
+        await asyncio.to_thread(self.firewall.apply, self._firewall_spec())
+        self.dirty.set()
+        await self._reconcile_once()
+
+    def _firewall_spec(self) -> firewall.FirewallSpec:
+        c = self.config
+        return firewall.FirewallSpec(uplink=self.uplink, wg_interface=c.interface_name,
+                                     tunnel_networks=(str(c.node_network), str(c.peer_network)))
+
+    async def _bootstrap(self) -> Membership:
+        """First node of a new cluster: register in the local Redis (the master) and name itself master."""
+        self.status("bootstrapping a new cluster: waiting for the local Redis")
+        state = self.link.state
+        while True:
+            try:
+                record = await self._register(state)
+                snapshot = await state.snapshot()
+                if snapshot.master is None:
+                    await state.set_master(MasterRecord(self.node_id, record.tunnel_address, 1))
+                break
+            except (RedisError, OSError) as exc:
+                self.log.debug("local Redis not ready: %s", exc)
+                await asyncio.sleep(MEMBER_WAIT)
+        membership = Membership(self.node_id, record.subnet, self.node_id, record.tunnel_address)
+        membership.save(self.config.data_dir)
+        self.log.info("bootstrapped a new cluster: subnet %s, this node is master", record.subnet)
+        return membership
+
+    async def _register(self, state) -> NodeRecord:
+        c = self.config
+        return await state.upsert_node(self.node_id, name=c.name, public_key=self.public_key, endpoint=self.endpoint,
+                                       grpc_address=self.grpc_address,
+                                       pool=Pool(c.node_network, c.node_subnet_prefix))
+
+    async def _join(self) -> Membership:
+        """Join through an existing node's API; bring up tunnels to every node at once from its answer."""
+        # Imported here: gRPC costs ~10 MB of memory, and only a node that has never joined needs it.
+        from heimdall.api import client as api_client
+
+        self.status(f"joining the cluster via {self.config.peer}")
+        delay = MEMBER_WAIT
+        while True:
+            try:
+                answer = await api_client.join(
+                    self.config.peer, self.cluster_key, node_id=self.node_id, name=self.config.name,
+                    public_key=self.public_key, endpoint=self.endpoint, grpc_address=self.grpc_address,
+                    tls=api_client.TlsOptions.from_config(self.config))
+                break
+            except api_client.JoinRefused as exc:
+                raise SystemExit(f"join refused by {self.config.peer}: {exc}") from None
+            except api_client.ApiUnavailable as exc:
+                self.log.warning("cannot reach %s (%s); retrying in %.1f s", self.config.peer, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+        nodes = {n.id: NodeRecord(id=n.id, name=n.name, public_key=n.public_key, endpoint=n.endpoint,
+                                  subnet=n.subnet, grpc_address=n.grpc_address, joined_at=n.joined_at)
+                 for n in answer.nodes}
+        # The local Redis has no data until it replicates, which needs the tunnel: apply the answer now.
+        await self._apply(Snapshot(rev=0, nodes=nodes))
+        membership = Membership(self.node_id, answer.subnet, answer.master.node_id, answer.master.address)
+        membership.save(self.config.data_dir)
+        self.log.info("joined: subnet %s, master %s at %s", answer.subnet, answer.master.node_id,
+                      answer.master.address)
+        return membership
+
+    # -- the loops ---------------------------------------------------------------------------
+    def tasks(self):
+        return [self._listen(), self._reconciler(), self._resync(), self._heartbeat()]
+
+    async def _listen(self) -> None:
+        """Mark dirty on every change event; resubscribe (and resync) after a lost connection."""
+        delay = MEMBER_WAIT
+        while True:
+            try:
+                async for event in self.link.state.events():
+                    delay = MEMBER_WAIT
+                    if event.rev > self.applied_rev:
+                        self.dirty.set()
+            except (RedisError, OSError) as exc:
+                self.log.warning("lost the local Redis event stream (%s); keeping the applied state", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+            self.dirty.set()
+
+    async def _reconciler(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.dirty.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+            self.progress()
+            if self.dirty.is_set():
+                await self._reconcile_once()
+
+    async def _reconcile_once(self) -> None:
+        self.dirty.clear()
+        try:
+            snapshot = await self.link.state.snapshot()
+        except (RedisError, OSError) as exc:
+            self.log.warning("cannot read the local Redis (%s); keeping the applied state", exc)
+            self.status("Redis unreachable: keeping the last applied configuration")
+            await asyncio.sleep(1.0)
+            self.dirty.set()
+            return
+        state = self.link.follow(snapshot.master, self.node_id)
+        own = snapshot.nodes.get(self.node_id)
+        if own is None:
+            # A replica still syncing (or a node not yet registered) knows nothing useful: keep what we have.
+            self.log.debug("own node record not in the local Redis yet (rev %d)", snapshot.rev)
+            return
+        await self._apply(snapshot)
+        if (own.public_key, own.endpoint, own.grpc_address) != (self.public_key, self.endpoint, self.grpc_address):
+            try:  # our key or address changed since we joined: publish the new ones
+                await self._register(state)
+            except (RedisError, OSError, StateError) as exc:
+                self.log.warning("cannot update our node record on the master: %s", exc)
+
+    async def _apply(self, snapshot: Snapshot) -> None:
+        desired = node_desired(snapshot, self.node_id, self.public_key, str(self.config.peer_network))
+        try:
+            changed = await asyncio.to_thread(self._apply_kernel, desired)
+        except WireGuardError as exc:
+            self.log.error("applying rev %d failed: %s; retrying", snapshot.rev, exc)
+            await asyncio.sleep(1.0)
+            self.dirty.set()
+            return
+        self.applied_rev = max(self.applied_rev, snapshot.rev)
+        if changed:
+            self.log.info("applied rev %d: %s", snapshot.rev, changed)
+        self.status(f"rev {snapshot.rev}: {len(desired.peers)} WireGuard peers, {len(desired.routes)} routes")
+
+    def _apply_kernel(self, desired: Desired) -> str:
+        """The blocking kernel work of one reconcile; returns a summary of what changed ('' = nothing)."""
+        device = self.backend.device()
+        plan = plan_peers(desired.peers, device.peer_configs())
+        if plan:
+            self.backend.apply_peers(plan)
+        addresses = set(desired.addresses)
+        if addresses and self.backend.addresses() != addresses:
+            self.backend.set_addresses(addresses)
+        routes_before = self.backend.routes()
+        if routes_before != desired.routes:
+            self.backend.set_routes(set(desired.routes))
+        return ", ".join(part for part in (
+            f"peers {plan.summary()}" if plan else "",
+            f"routes {len(routes_before)}->{len(desired.routes)}" if routes_before != desired.routes else "",
+        ) if part)
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resync_interval)
+            self.dirty.set()
+            try:
+                await asyncio.to_thread(self.firewall.apply, self._firewall_spec())
+            except firewall.FirewallError as exc:
+                self.log.error("firewall resync failed: %s", exc)
+
+    async def _heartbeat(self) -> None:
+        """Liveness for the elector and `hctl status` (written to the master, no change event)."""
+        while True:
+            try:
+                await self.link.state.heartbeat(self.node_id, time.time())
+            except (RedisError, OSError) as exc:
+                self.log.debug("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.config.heartbeat_interval)
+
+    async def shutdown(self) -> None:
+        """Clean stop: our firewall chains go; the interface stays so tunnels survive restarts."""
+        if self.firewall is not None:
+            await asyncio.to_thread(self.firewall.remove)
+        if self.link is not None:
+            await self.link.close()

@@ -1,0 +1,153 @@
+"""Heimdall gateway nodes on simulated hosts: config, daemons, and what tests look at.
+
+Each LabNode writes its host's /etc/heimdall (config + cluster key, 0600), then
+runs the real daemons (the venv's console scripts) on that host, one log file
+per daemon. Shared by the integration tests, the demo and the benchmarks.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from heimdall import cluster
+from heimdall.lab.hosts import Host
+
+NODE_DAEMONS = ("heimdall-store", "heimdall-wg", "heimdall-api", "heimdall-elector")
+IFNAME = "darknet"
+REDIS_PORT = 16379
+BIN = Path(sys.executable).parent
+
+
+class NodeError(AssertionError):
+    """A lab node did not reach the expected state in time (the message says which, with logs)."""
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy; NodeError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except NodeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a probe that fails now may succeed later
+            last_error = exc
+        time.sleep(interval)
+    raise NodeError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last: {last_error})"
+                                                                             if last_error else ""))
+
+
+class LabNode:
+    """One gateway node on ``host``; ``join`` names the node whose API it joins through."""
+
+    def __init__(self, host: Host, cluster_key: str, log_dir: Path, join: LabNode | None = None,
+                 settings: dict[str, str] | None = None) -> None:
+        self.host = host
+        self.name = host.name
+        self.cluster_key = cluster_key
+        self.log_dir = log_dir
+        self.join = join
+        self.settings = settings or {}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._write_config()
+
+    def _write_config(self) -> None:
+        conf = {"name": self.name, "cluster-key-file": "/etc/heimdall/cluster.key", "debug": "true",
+                "node-interface": "eth0", **self.settings}
+        if self.join is not None:
+            conf["peer"] = f"tcp://{self.join.host.underlay_ip}:9000"
+        key_file = self.host.path("/etc/heimdall/cluster.key")
+        key_file.touch(mode=0o600)
+        key_file.write_text(self.cluster_key + "\n")
+        self.host.path("/etc/heimdall/heimdall.conf").write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
+
+    # -- daemons ---------------------------------------------------------------------------
+    def start(self, daemons: tuple[str, ...] = NODE_DAEMONS) -> LabNode:
+        for daemon in daemons:
+            self.start_daemon(daemon)
+        return self
+
+    def start_daemon(self, daemon: str) -> subprocess.Popen:
+        proc = self.host.spawn([str(BIN / daemon)], log=self.log_dir / f"{self.name}.{daemon}.log")
+        self.procs[daemon] = proc
+        return proc
+
+    def signal_daemon(self, daemon: str, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        """Send ``sig`` to a daemon (by PID); for SIGTERM/SIGKILL wait for its exit and return the status."""
+        proc = self.procs[daemon]
+        proc.send_signal(sig)
+        if sig in (signal.SIGTERM, signal.SIGKILL):
+            return proc.wait(timeout)
+        return None
+
+    def stop(self) -> None:
+        for daemon in reversed(list(self.procs)):
+            if self.procs[daemon].poll() is None:
+                self.signal_daemon(daemon)
+
+    def log(self, daemon: str) -> str:
+        path = self.log_dir / f"{self.name}.{daemon}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {self.name} {d} ---\n{self.log(d)[-4000:]}" for d in self.procs)
+
+    # -- what tests look at ----------------------------------------------------------------
+    def membership(self) -> dict | None:
+        path = self.host.path("/var/lib/heimdall/membership.json")
+        return json.loads(path.read_text()) if path.exists() else None
+
+    @property
+    def node_id(self) -> str:
+        return self.host.path("/var/lib/heimdall/node.id").read_text().strip()
+
+    @property
+    def tunnel_address(self) -> str:
+        return str(ipaddress.ip_network(self.membership()["subnet"])[1])
+
+    def redis(self, *args: str, check: bool = True) -> str:
+        """redis-cli against this node's own Redis, inside the host."""
+        password = cluster.redis_password(self.cluster_key.encode())
+        out = self.host.run(["redis-cli", "--no-auth-warning", "-a", password, "-p", str(REDIS_PORT), *args],
+                            check=check)
+        return out.stdout
+
+    def replication(self) -> dict[str, str]:
+        return dict(line.split(":", 1) for line in self.redis("INFO", "replication").splitlines() if ":" in line)
+
+    def wg_peers(self) -> dict[str, list[str]]:
+        """{public key: allowed IPs} of the node's interface, from `wg show dump`."""
+        lines = self.host.run(["wg", "show", IFNAME, "dump"]).stdout.splitlines()[1:]
+        return {f[0]: sorted(f[3].split(",")) if f[3] != "(none)" else [] for f in (l.split("\t") for l in lines)}
+
+    def ifindex(self) -> int:
+        return int(self.host.run(["cat", f"/sys/class/net/{IFNAME}/ifindex"]).stdout)
+
+    def pings(self, address: str, count: int = 1, wait: float = 1) -> bool:
+        return self.host.run(["ping", "-n", "-q", "-c", str(count), "-i", "0.05", "-W", str(wait), address],
+                             check=False).returncode == 0
+
+    def wait_member(self, timeout: float = 30) -> LabNode:
+        wait_until(lambda: self._alive() and self.membership() is not None, timeout,
+                   f"{self.name} to become a member\n{self.logs()}")
+        return self
+
+    def _alive(self) -> bool:
+        dead = {d: p.returncode for d, p in self.procs.items() if p.poll() is not None}
+        if dead:
+            raise NodeError(f"{self.name}: daemons exited: {dead}\n{self.logs()}")
+        return True
+
+
+def new_cluster_key() -> str:
+    return secrets.token_urlsafe(32)

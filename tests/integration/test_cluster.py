@@ -1,0 +1,167 @@
+"""A gateway cluster of real daemons on simulated hosts: join, convergence, secrets, crash safety.
+
+One cluster serves the module (bringing one up costs seconds); tests run in file
+order and the destructive ones (killing daemons) come last.
+"""
+import base64
+import os
+import signal
+import sys
+
+import pytest
+
+from heimdall.lab import Lab
+from heimdall.lab.cluster import LabNode, NodeError, new_cluster_key, wait_until
+from heimdall.lab.tunnels import PingFlow
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("cluster-logs")
+    key = new_cluster_key()
+    with Lab() as lab:
+        nodes = []
+        try:
+            first = LabNode(lab.add_host("node1"), key, logs).start().wait_member()
+            nodes.append(first)
+            for name in ("node2", "node3"):
+                nodes.append(LabNode(lab.add_host(name), key, logs, join=first).start())
+            for node in nodes:
+                node.wait_member()
+            yield {"lab": lab, "nodes": nodes, "key": key, "logs": logs}
+        finally:
+            for node in nodes:
+                node.stop()
+
+
+def all_ping(nodes) -> bool:
+    return all(a.pings(b.tunnel_address) for a in nodes for b in nodes if a is not b)
+
+
+def replicating(node, master) -> bool:
+    info = node.replication()
+    return (info.get("role") == "slave" and info.get("master_host") == master.tunnel_address
+            and info.get("master_link_status") == "up")
+
+
+def test_three_nodes_form_a_full_mesh_and_replicate_the_first(cluster):
+    nodes = cluster["nodes"]
+    first = nodes[0]
+    try:
+        wait_until(lambda: all_ping(nodes), 20, "every node to ping every other node's tunnel address")
+        for node in nodes[1:]:
+            wait_until(lambda: replicating(node, first), 20, f"{node.name} to replicate {first.name}")
+    except NodeError:
+        pytest.fail("\n".join(n.logs() for n in nodes))
+    assert first.replication()["role"] == "master"
+    subnets = {n.membership()["subnet"] for n in nodes}
+    assert len(subnets) == 3
+    for node in nodes:  # each node has a WireGuard entry for both others, with their subnets
+        peers = node.wg_peers()
+        assert sorted(sum(peers.values(), [])) == sorted(n.membership()["subnet"] for n in nodes if n is not node)
+
+
+def test_a_fourth_node_joins_without_loss_or_interface_restart(cluster):
+    lab, nodes, key = cluster["lab"], cluster["nodes"], cluster["key"]
+    n1, n2, n3 = nodes
+    ifindexes = {n.name: n.ifindex() for n in nodes}
+    flows = [PingFlow(n1.host, n2.tunnel_address, 8, cluster["logs"] / "flow12.log"),
+             PingFlow(n2.host, n3.tunnel_address, 8, cluster["logs"] / "flow23.log")]
+    n4 = LabNode(lab.add_host("node4"), key, cluster["logs"], join=n1).start()
+    nodes.append(n4)
+    n4.wait_member()
+    wait_until(lambda: all_ping(nodes), 20, "the fourth node to reach everyone and be reached")
+    assert all(f.running() for f in flows), "the flows ended before the join completed: not a live test"
+    for flow in flows:
+        sent, received = flow.wait()
+        assert sent == received, f"lost {sent - received} of {sent} packets during the join"
+    assert {n.name: n.ifindex() for n in nodes[:3]} == ifindexes
+
+
+def test_no_secret_in_any_redis_and_redis_not_on_the_underlay(cluster):
+    nodes = cluster["nodes"]
+    secrets = {cluster["key"]}
+    for node in nodes:
+        private = node.host.path("/var/lib/heimdall/wireguard.key").read_text().strip()
+        secrets |= {private, base64.b64decode(private).hex()}
+    for node in nodes:
+        dump = []
+        for k in node.redis("--scan").split():
+            kind = node.redis("TYPE", k).strip()
+            command = {"hash": ["HGETALL"], "set": ["SMEMBERS"], "string": ["GET"]}[kind]
+            dump.append(k + "\n" + node.redis(*command, k))
+        text = "\n".join(dump)
+        assert "heimdall:rev" in text
+        for secret in secrets:
+            assert secret not in text
+        mode = os.stat(node.host.path("/var/lib/heimdall/wireguard.key")).st_mode & 0o777
+        assert mode == 0o600
+    # From another host: the Redis port answers on the tunnel address only.
+    other = nodes[1]
+    refused = other.host.run(["redis-cli", "-h", nodes[0].host.underlay_ip, "-p", "16379", "PING"], check=False)
+    assert "PONG" not in refused.stdout and "NOAUTH" not in refused.stdout
+    tunnel = other.host.run(["redis-cli", "-h", nodes[0].tunnel_address, "-p", "16379", "PING"], check=False)
+    assert "NOAUTH" in tunnel.stdout  # listening there, and a password is required
+
+
+def test_bad_joins_are_refused_and_change_nothing(cluster):
+    n1, n2 = cluster["nodes"][:2]
+    rev = n1.redis("GET", "heimdall:rev").strip()
+    script = f"""
+import asyncio, sys
+from heimdall.api import client
+from heimdall.wg import keys
+async def main():
+    pub = keys.public_key(keys.generate_private_key())
+    try:
+        await client.join("tcp://{n1.host.underlay_ip}:9000", b"wrong-key-wrong-key-wrong", node_id="intruder",
+                          name="intruder", public_key=pub, endpoint="192.0.2.99:10100",
+                          grpc_address="tcp://192.0.2.99:9000")
+    except client.JoinRefused as exc:
+        print("refused:", exc)
+asyncio.run(main())
+"""
+    out = n2.host.run([sys.executable, "-c", script]).stdout
+    assert "refused" in out
+    garbage = n2.host.run([sys.executable, "-c", f"""
+import socket
+s = socket.create_connection(("{n1.host.underlay_ip}", 9000), timeout=5)
+s.sendall(bytes(range(256)) * 64)
+s.settimeout(5)
+try:
+    print(len(s.recv(4096)))
+except OSError as exc:
+    print("closed", exc)
+"""]).stdout
+    assert garbage
+    assert n1.redis("GET", "heimdall:rev").strip() == rev
+    assert "intruder" not in n1.redis("SMEMBERS", "heimdall:nodes")
+    assert all(p.poll() is None for p in n1.procs.values()), n1.logs()
+
+
+def test_killed_wg_daemon_keeps_tunnels_and_is_readopted(cluster):
+    n1, n2, n3 = cluster["nodes"][:3]
+    index = n2.ifindex()
+    starts = n2.log("heimdall-wg").count("heimdall-wg: started")
+    flow = PingFlow(n1.host, n2.tunnel_address, 6, cluster["logs"] / "flow-kill.log")
+    n2.signal_daemon("heimdall-wg", signal.SIGKILL)
+    assert n1.pings(n2.tunnel_address), "the tunnel stopped forwarding when heimdall-wg died"
+    n2.start_daemon("heimdall-wg")
+    wait_until(lambda: n2.log("heimdall-wg").count("heimdall-wg: started") > starts, 15, "heimdall-wg to restart")
+    assert flow.running()
+    sent, received = flow.wait()
+    assert sent == received, f"lost {sent - received} of {sent} packets around a kill -9 of heimdall-wg"
+    assert n2.ifindex() == index
+
+
+def test_killed_redis_on_a_replica_comes_back_and_resyncs(cluster):
+    n1, n3 = cluster["nodes"][0], cluster["nodes"][2]
+    pid = int(n3.redis("INFO", "server").split("process_id:")[1].split()[0])
+    n3.host.run(["kill", "-9", str(pid)])
+    wait_until(lambda: replicating(n3, n1) and int(n3.redis("INFO", "server").split("process_id:")[1].split()[0])
+               != pid, 20, "the replica's redis-server to be restarted and resynced")
+    n1.redis("SET", "heimdall:probe", "after-restart")
+    wait_until(lambda: n3.redis("GET", "heimdall:probe").strip() == "after-restart", 5, "replication of a new write")
+    n1.redis("DEL", "heimdall:probe")
