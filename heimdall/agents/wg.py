@@ -19,9 +19,10 @@ from heimdall.daemon import Daemon
 from heimdall.identity import Membership
 from heimdall.state import MasterRecord, NodeRecord, Pool, Snapshot, StateError
 from heimdall.state.connect import StateLink
-from heimdall.topology import Desired, node_desired
+from heimdall.reconciler import apply_desired
+from heimdall.topology import node_desired
 from heimdall.wg import keys, make_backend
-from heimdall.wg.model import WireGuardError, plan_peers
+from heimdall.wg.model import WireGuardError
 
 BACKOFF_MAX = 5.0
 MEMBER_WAIT = 0.2
@@ -181,7 +182,7 @@ class WgAgent(Daemon):
     async def _apply(self, snapshot: Snapshot) -> None:
         desired = node_desired(snapshot, self.node_id, self.public_key, str(self.config.peer_network))
         try:
-            changed = await asyncio.to_thread(self._apply_kernel, desired)
+            changed = await asyncio.to_thread(apply_desired, self.backend, desired)
         except WireGuardError as exc:
             self.log.error("applying rev %d failed: %s; retrying", snapshot.rev, exc)
             await asyncio.sleep(1.0)
@@ -191,23 +192,6 @@ class WgAgent(Daemon):
         if changed:
             self.log.info("applied rev %d: %s", snapshot.rev, changed)
         self.status(f"rev {snapshot.rev}: {len(desired.peers)} WireGuard peers, {len(desired.routes)} routes")
-
-    def _apply_kernel(self, desired: Desired) -> str:
-        """The blocking kernel work of one reconcile; returns a summary of what changed ('' = nothing)."""
-        device = self.backend.device()
-        plan = plan_peers(desired.peers, device.peer_configs())
-        if plan:
-            self.backend.apply_peers(plan)
-        addresses = set(desired.addresses)
-        if addresses and self.backend.addresses() != addresses:
-            self.backend.set_addresses(addresses)
-        routes_before = self.backend.routes()
-        if routes_before != desired.routes:
-            self.backend.set_routes(set(desired.routes))
-        return ", ".join(part for part in (
-            f"peers {plan.summary()}" if plan else "",
-            f"routes {len(routes_before)}->{len(desired.routes)}" if routes_before != desired.routes else "",
-        ) if part)
 
     async def _resync(self) -> None:
         while True:
