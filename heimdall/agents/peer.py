@@ -1,0 +1,154 @@
+"""heimdall-peer: an access-only peer's interface, pushed from a node's API.
+
+It connects to one node (Connect, then the Watch stream), applies every pushed
+configuration as a diff with the same reconciler the nodes use, and when its
+node goes away it moves to the next one — configured addresses first, then the
+nodes it has learned — without touching the tunnels to the other nodes. A
+deauthorized peer (the stream ends and Connect is refused) drops its peers.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+import grpc
+
+from heimdall import identity
+from heimdall.api.v1 import heimdall_pb2, heimdall_pb2_grpc
+from heimdall.daemon import Daemon
+from heimdall.reconciler import apply_desired
+from heimdall.settings import ConfigError
+from heimdall.topology import Desired
+from heimdall.wg import keys, make_backend
+from heimdall.wg.model import WgPeer, WireGuardError
+
+CONNECT_TIMEOUT = 5.0
+BACKOFF_MAX = 5.0
+
+
+class PushedConfigError(ValueError):
+    """A node pushed a configuration that does not make sense; it is not applied."""
+
+
+def desired_from_config(config: heimdall_pb2.PeerConfig) -> Desired:
+    """The interface a pushed PeerConfig describes; PushedConfigError if any part is malformed."""
+    try:
+        address = ipaddress.ip_interface(config.address)
+        peers = {}
+        for entry in config.peers:
+            keys.validate_key(entry.public_key)
+            peers[entry.public_key] = WgPeer(entry.public_key, tuple(entry.allowed_ips),
+                                             endpoint=entry.endpoint or None,
+                                             persistent_keepalive=entry.persistent_keepalive)
+    except (ValueError, TypeError) as exc:
+        raise PushedConfigError(str(exc)) from None
+    routes = frozenset(net for p in peers.values() for net in p.allowed_ips)
+    return Desired(frozenset({str(address)}), routes, peers)
+
+
+class PeerAgent(Daemon):
+    program = "heimdall-peer"
+
+    def __init__(self, config, config_loader=None) -> None:
+        super().__init__(config, config_loader)
+        self.desired: Desired | None = None
+        self.learned: list[str] = []
+
+    async def start(self) -> None:
+        c = self.config
+        if not c.node_addr:
+            raise ConfigError("no node to connect to: set --node-addr tcp://NODE:9000 (repeatable)")
+        self.peer_id = identity.host_id(c.data_dir, c.id)
+        private_key = identity.private_key(c.data_dir)
+        self.public_key = keys.public_key(private_key)
+        self.backend = await asyncio.to_thread(make_backend, c.interface_name, c.wireguard_backend)
+        await asyncio.to_thread(self.backend.ensure_interface)
+        await asyncio.to_thread(self.backend.configure, private_key, 0)
+        self.log.info("peer %s: %s is up, public key %s", self.peer_id, c.interface_name, self.public_key)
+
+    def tasks(self):
+        return [self._session(), self._resync()]
+
+    def _candidates(self) -> list[str]:
+        return list(dict.fromkeys([*self.config.node_addr, *self.learned]))
+
+    async def _session(self) -> None:
+        """Stay connected to some node; each failure moves on to the next candidate."""
+        from heimdall.api import client as api_client
+
+        delay = 0.2
+        index = 0
+        while True:
+            candidates = self._candidates()
+            address = candidates[index % len(candidates)]
+            try:
+                async with api_client.dial(address, api_client.TlsOptions.from_config(self.config)) as channel:
+                    await self._follow(heimdall_pb2_grpc.HeimdallStub(channel), address)
+                delay = 0.2  # the node ended the stream: ask again at once (Connect tells whether we still may)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                    await self._cut_off(exc.details())
+                else:
+                    self.log.warning("node %s: %s (%s); trying the next node", address, exc.code().name,
+                                     exc.details())
+                    index += 1
+                    self.status(f"no node reachable at {address}: trying the next one")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _follow(self, stub, address: str) -> None:
+        answer = await stub.Connect(heimdall_pb2.ConnectRequest(peer_id=self.peer_id, name=self.config.name,
+                                                                public_key=self.public_key), timeout=CONNECT_TIMEOUT)
+        self.log.info("connected to %s", address)
+        await self._apply(answer.config, address)
+        async for pushed in stub.Watch(heimdall_pb2.WatchRequest(peer_id=self.peer_id, public_key=self.public_key)):
+            await self._apply(pushed, address)
+        self.log.info("node %s ended the stream", address)
+
+    async def _apply(self, pushed: heimdall_pb2.PeerConfig, address: str) -> None:
+        try:
+            desired = desired_from_config(pushed)
+        except PushedConfigError as exc:
+            self.log.error("node %s pushed a malformed configuration (rev %d), keeping the current one: %s",
+                           address, pushed.revision, exc)
+            return
+        self.learned = [a for a in pushed.grpc_addresses if a]
+        self.desired = desired
+        await self._reconcile(f"rev {pushed.revision} from {address}")
+
+    async def _reconcile(self, why: str) -> None:
+        if self.desired is None:
+            return
+        try:
+            changed = await asyncio.to_thread(apply_desired, self.backend, self.desired)
+        except WireGuardError as exc:
+            self.log.error("applying %s failed: %s", why, exc)
+            return
+        if changed:
+            self.log.info("applied %s: %s", why, changed)
+        self.status(f"{why}: {len(self.desired.peers)} nodes")
+
+    async def _cut_off(self, reason: str) -> None:
+        """Not (or no longer) authorized: drop every tunnel, keep the interface, keep asking."""
+        if self.desired is not None and self.desired.peers:
+            self.log.error("refused by the network (%s): dropping all tunnels", reason)
+            self.desired = Desired(self.desired.addresses, frozenset(), {})
+            await self._reconcile("deauthorization")
+        else:
+            self.log.warning("not authorized yet (%s); ask an operator: hctl peers authorize %s",
+                             reason, self.peer_id)
+        self.status(f"waiting for authorization: hctl peers authorize {self.peer_id}")
+
+    async def _resync(self) -> None:
+        """Main progress loop: re-apply the last configuration now and then (repairs drift)."""
+        elapsed = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            self.progress()
+            elapsed += 1.0
+            if elapsed >= self.config.update_interval:
+                elapsed = 0.0
+                await self._reconcile("resync")
+
+    async def shutdown(self) -> None:
+        """The interface stays: tunnels survive a restart of this daemon."""
