@@ -6,8 +6,9 @@ its built-in chain by exactly one jump at the top, and every change to a table i
 ``iptables-restore --noflush`` transaction. Nobody ever sees a table half-changed,
 and no other program's rules are touched.
 
-What the rules allow. They only ACCEPT: the host's policy and its other rules decide
-everything else, and we never add a DROP.
+What the rules allow. They ACCEPT only: the host's policy and its other rules decide
+everything else. The one DROP is for our own tunnel traffic: between two addresses
+of an isolated network (the peer network unless peer-to-peer traffic is enabled).
 - Anything that arrives from the tunnel (WireGuard has already checked the sender's key
   and source address).
 - Into the tunnel: replies (conntrack ESTABLISHED/RELATED) and traffic from the tunnel
@@ -85,6 +86,7 @@ class FirewallSpec:
     uplink: str
     tunnel_networks: tuple[str, ...]
     wg_interface: str = "darknet"
+    isolated_networks: tuple[str, ...] = ()  # no forwarding between two of its addresses
 
     def __post_init__(self) -> None:
         for field, name in (("uplink", self.uplink), ("wg_interface", self.wg_interface)):
@@ -99,6 +101,8 @@ class FirewallSpec:
                 raise ValueError(f"tunnel network {value!r} is not IPv4 (these rules are iptables, IPv4 only)")
             networks.append(str(network))
         object.__setattr__(self, "tunnel_networks", tuple(dict.fromkeys(networks)))
+        object.__setattr__(self, "isolated_networks",
+                           tuple(dict.fromkeys(str(ipaddress.IPv4Network(n)) for n in self.isolated_networks)))
 
 
 def desired_rules(spec: FirewallSpec) -> dict[Hook, tuple[str, ...]]:
@@ -109,6 +113,7 @@ def desired_rules(spec: FirewallSpec) -> dict[Hook, tuple[str, ...]]:
     """
     wg, uplink = spec.wg_interface, spec.uplink
     forward = (
+        *(f"-s {network} -d {network} -i {wg} -o {wg} -j DROP" for network in spec.isolated_networks),
         f"-i {wg} -j ACCEPT",
         f"-o {wg} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
         *(f"-s {network} -o {wg} -j ACCEPT" for network in spec.tunnel_networks),

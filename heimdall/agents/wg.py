@@ -69,7 +69,8 @@ class WgAgent(Daemon):
     def _firewall_spec(self) -> firewall.FirewallSpec:
         c = self.config
         return firewall.FirewallSpec(uplink=self.uplink, wg_interface=c.interface_name,
-                                     tunnel_networks=(str(c.node_network), str(c.peer_network)))
+                                     tunnel_networks=(str(c.node_network), str(c.peer_network)),
+                                     isolated_networks=() if c.allow_peer_to_peer else (str(c.peer_network),))
 
     async def _bootstrap(self) -> Membership:
         """First node of a new cluster: register in the local Redis (the master) and name itself master."""

@@ -196,3 +196,11 @@ def test_missing_tools_are_named(monkeypatch, tmp_path):
         Firewall("legacy")
     with pytest.raises(ValueError, match="backend must be one of"):
         Firewall("nftables")
+
+
+def test_isolated_network_traffic_is_dropped_before_anything_is_accepted():
+    spec = FirewallSpec(uplink="eth0", tunnel_networks=("10.128.0.0/9", "10.51.0.0/16"),
+                        isolated_networks=("10.51.0.0/16",))
+    forward = desired_rules(spec)[FORWARD]
+    assert forward[0] == "-s 10.51.0.0/16 -d 10.51.0.0/16 -i darknet -o darknet -j DROP"
+    assert "DROP" not in " ".join(desired_rules(FirewallSpec("eth0", ("10.51.0.0/16",)))[FORWARD])
