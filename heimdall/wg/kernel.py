@@ -186,10 +186,14 @@ class KernelBackend(WireGuardBackend):
 
     def _existing_index(self) -> int | None:
         """Our interface's ifindex, None if absent; a same-named link of another kind is an error."""
+        index = self.ifindex()
+        if index is None:
+            return None
         kind = links.link_kind(self.ifname)
-        if kind not in (None, "wireguard"):
-            raise WireGuardError(f"{self.ifname}: exists as a {kind!r} link, not kernel WireGuard; not touching it")
-        return None if kind is None else self.ifindex()
+        if kind != "wireguard":
+            what = f"a {kind!r} link" if kind else "a device without a link kind"
+            raise WireGuardError(f"{self.ifname}: exists as {what}, not kernel WireGuard; not touching it")
+        return index
 
     def _wg_set(self, changes: list[tuple[str, dict]]) -> None:
         """Send each (step, WireGuard.set arguments) in turn over one generic netlink socket."""

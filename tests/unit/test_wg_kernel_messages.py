@@ -6,11 +6,11 @@ would come from the kernel, including a device split over two messages.
 from socket import AF_INET, AF_INET6, inet_pton
 
 import pytest
+from pyroute2.netlink.generic.wireguard import wgmsg
 
 from heimdall.wg import keys
 from heimdall.wg.kernel import parse_device, peer_request, split_endpoint
 from heimdall.wg.model import WgPeer
-from pyroute2.netlink.generic.wireguard import wgmsg
 
 PRIVATE = keys.generate_private_key()
 K1, K2 = (keys.public_key(keys.generate_private_key()) for _ in range(2))

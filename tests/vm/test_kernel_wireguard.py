@@ -7,9 +7,10 @@ the test; nothing here skips.
 import re
 from pathlib import Path
 
-import guest
 import pyroute2
 import pytest
+
+import guest  # tests/vm/guest.py
 
 pytestmark = pytest.mark.vm
 
