@@ -219,12 +219,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("operator-socket", path, "/run/heimdall/api.sock", "root-only unix socket for local operator commands",
             NODE | CLI),
     Setting("authorized-peer", identifier, None, "authorize this peer ID at start (repeatable)", NODE, repeat=True),
-    Setting("cert", path, "", "TLS certificate (server for nodes, client for hctl/peers)", NODE | PEER | CLI, short="-c"),
-    Setting("key", path, "", "TLS private key", NODE | PEER | CLI, short="-k"),
-    Setting("client-cert", path, "", "CA certificate to verify clients (node) / client certificate (peer, hctl)",
+    Setting("cert", path, "", "TLS certificate: a node's API certificate (also presented when it joins another "
+            "node); the client certificate of hctl and peers", NODE | PEER | CLI, short="-c"),
+    Setting("key", path, "", "TLS private key of --cert", NODE | PEER | CLI, short="-k"),
+    Setting("client-cert", path, "", "node: CA that API clients' certificates must chain to (mutual TLS: every "
+            "client needs one, and one is an operator credential); hctl and peers: same as --cert",
             NODE | PEER | CLI),
-    Setting("client-key", path, "", "client TLS key for outgoing connections", NODE | PEER | CLI),
+    Setting("client-key", path, "", "hctl and peers: same as --key", NODE | PEER | CLI),
     Setting("skip-verify", None, False, "do not verify the server's TLS certificate", NODE | PEER | CLI),
+    Setting("ca-cert", path, "", "CA certificate that signed the API server's certificate, for outgoing "
+            "connections (default: the system's CAs)", NODE | PEER | CLI),
     # -- DNS
     Setting("dns-address", host_port, "", "DNS listen address (default: the tunnel address, port 53)",
             frozenset({"heimdall-dns"})),

@@ -123,7 +123,9 @@ class HeimdallServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """A peer's config now, then again after every change, until the peer hangs up.
+        """A peer's config now, then again after every change to it, until the peer hangs up.
+        Ends with PERMISSION_DENIED when the peer is deauthorized (or its key replaced),
+        with UNAVAILABLE when the node stops (connect to another node).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
