@@ -18,6 +18,7 @@ from typing import Callable
 
 from heimdall import cluster
 from heimdall.lab.hosts import Host
+from heimdall.wg import keys
 
 NODE_DAEMONS = ("heimdall-store", "heimdall-wg", "heimdall-api", "heimdall-elector")
 IFNAME = "darknet"
@@ -47,7 +48,18 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
                                                                              if last_error else ""))
 
 
-class LabNode:
+class _OnHost:
+    """Something running on a simulated host."""
+
+    host: Host
+
+    def pings(self, address: str, count: int = 1, wait: float = 1) -> bool:
+        """True if ``address`` answers ``count`` pings from this host."""
+        return self.host.run(["ping", "-n", "-q", "-c", str(count), "-i", "0.05", "-W", str(wait), address],
+                             check=False).returncode == 0
+
+
+class LabNode(_OnHost):
     """One gateway node on ``host``; ``join`` names the node whose API it joins through."""
 
     def __init__(self, host: Host, cluster_key: str, log_dir: Path, join: LabNode | None = None,
@@ -133,9 +145,6 @@ class LabNode:
     def ifindex(self) -> int:
         return int(self.host.run(["cat", f"/sys/class/net/{IFNAME}/ifindex"]).stdout)
 
-    def pings(self, address: str, count: int = 1, wait: float = 1) -> bool:
-        return self.host.run(["ping", "-n", "-q", "-c", str(count), "-i", "0.05", "-W", str(wait), address],
-                             check=False).returncode == 0
 
     def wait_member(self, timeout: float = 30) -> LabNode:
         wait_until(lambda: self._alive() and self.membership() is not None, timeout,
@@ -147,6 +156,39 @@ class LabNode:
         if dead:
             raise NodeError(f"{self.name}: daemons exited: {dead}\n{self.logs()}")
         return True
+
+
+class LabPeer(_OnHost):
+    """An access-only peer on ``host`` running heimdall-peer against ``nodes`` (in that order)."""
+
+    def __init__(self, host: Host, peer_id: str, nodes: list[LabNode], log_dir: Path) -> None:
+        self.host = host
+        self.name = host.name
+        self.peer_id = peer_id
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen | None = None
+        conf = {"id": peer_id, "name": host.name, "debug": "true", "update-interval": "30"}
+        lines = [f"{k} = {v}\n" for k, v in conf.items()]
+        lines += [f"node-addr = tcp://{n.host.underlay_ip}:9000\n" for n in nodes]
+        self.host.path("/etc/heimdall/heimdall.conf").write_text("".join(lines))
+
+    def start(self) -> LabPeer:
+        self.proc = self.host.spawn([str(BIN / "heimdall-peer")], log=self.log_dir / f"{self.name}.heimdall-peer.log")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+    def log(self) -> str:
+        path = self.log_dir / f"{self.name}.heimdall-peer.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    @property
+    def public_key(self) -> str:
+        return keys.public_key(self.host.path("/var/lib/heimdall/wireguard.key").read_text().strip())
+
 
 
 def new_cluster_key() -> str:
