@@ -37,9 +37,14 @@ class SnapshotFeed:
         self._on_snapshot = on_snapshot
         self._progress = progress
         self.latest: Snapshot | None = None
-        self._live = False  # subscribed, and ``latest`` is current
+        self._live = False
         self._changed = asyncio.Event()
         self._closed = False
+
+    @property
+    def live(self) -> bool:
+        """Subscribed to the local Redis, so ``latest`` is current."""
+        return self._live
 
     async def run(self) -> None:
         """Follow the local Redis until cancelled; after losing it, keep the last snapshot and reconnect."""

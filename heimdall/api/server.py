@@ -149,22 +149,34 @@ class HeimdallService:
 
     # -- state access -------------------------------------------------------------------------
     async def _read(self) -> Snapshot:
-        """A fresh snapshot of the local replica; while it is down, the feed's last one."""
+        """A fresh snapshot of the local replica (heartbeats change without events); while it is down,
+        the feed's last one."""
+        last = self._feed.latest
+        if not self._feed.live and last is not None:
+            return last
         try:
             return await self._link.state.snapshot()
         except RedisError as exc:
-            if self._feed.latest is None:
+            if last is None:
                 raise
-            log.debug("local Redis unavailable (%s): answering from revision %d", exc, self._feed.latest.rev)
-            return self._feed.latest
+            log.debug("local Redis unavailable (%s): answering from revision %d", exc, last.rev)
+            return last
 
     async def _caught_up(self, state: State) -> Snapshot:
         """A snapshot holding the write just made through ``state``: the local replica's once it has it,
         else (replica lagging or down) the master's own."""
         master = State(state.writer)
-        revision = await master.revision()
-        snapshot = await self._feed.wait_for(lambda s: s.rev >= revision, CATCH_UP_TIMEOUT)
-        return snapshot if snapshot is not None else await master.snapshot()
+        if self._feed.live:
+            revision = await master.revision()
+            snapshot = await self._feed.wait_for(lambda s: s.rev >= revision, CATCH_UP_TIMEOUT)
+            if snapshot is not None:
+                return snapshot
+        return await master.snapshot()
+
+    @staticmethod
+    async def _master_snapshot(state: State) -> Snapshot:
+        """The master's state, for a check that must not act on a lagging replica's."""
+        return await State(state.writer).snapshot()
 
     # -- nodes --------------------------------------------------------------------------------
     async def Join(self, request: pb.JoinRequest, context) -> pb.JoinResponse:
@@ -249,13 +261,12 @@ class HeimdallService:
 
         Without a key, an authorized peer keeps its pin or the key it has bound:
         authorizing again (a config-management run, a restart of heimdall-api)
-        must not let another key take over the ID.
+        must not let another key take over the ID, and writes nothing.
         """
         state = self._link.state
-        if not public_key:
-            pinned = (await State(state.writer).snapshot()).authorized.get(peer_id)
-            if pinned is not None:
-                return pb.AuthorizedPeer(peer_id=peer_id, public_key=pinned)
+        pinned = (await self._master_snapshot(state)).authorized.get(peer_id)
+        if pinned is not None and public_key in ("", pinned):  # nothing to change
+            return pb.AuthorizedPeer(peer_id=peer_id, public_key=pinned)
         await state.authorize_peer(peer_id, public_key)
         log.info("authorized peer %s%s", peer_id, f" (key {public_key})" if public_key else "")
         await self._caught_up(state)
@@ -269,7 +280,7 @@ class HeimdallService:
     async def DeauthorizePeer(self, request: pb.DeauthorizePeerRequest, context) -> pb.DeauthorizePeerResponse:
         peer_id = auth.validate_id("peer_id", request.peer_id)
         state = self._link.state
-        if peer_id not in (await State(state.writer).snapshot()).authorized:
+        if peer_id not in (await self._master_snapshot(state)).authorized:
             raise ApiError(grpc.StatusCode.NOT_FOUND, f"peer {peer_id} is not authorized")
         await state.deauthorize_peer(peer_id)
         log.info("deauthorized peer %s", peer_id)
@@ -306,13 +317,16 @@ class HeimdallService:
         network = self._route_network(request.network)
         node_id = auth.validate_id("node_id", request.node_id)
         state = self._link.state
+        route = pb.CreateRouteResponse(route=pb.Route(network=network, node_id=node_id))
+        if (await self._master_snapshot(state)).routes.get(network) == node_id:
+            return route  # nothing to change: a config-management rerun costs no write
         try:
             await state.create_route(network, node_id)
         except Denied:
             raise ApiError(grpc.StatusCode.NOT_FOUND, f"no node {node_id}") from None
         log.info("route %s via node %s created", network, node_id)
         await self._caught_up(state)
-        return pb.CreateRouteResponse(route=pb.Route(network=network, node_id=node_id))
+        return route
 
     async def DeleteRoute(self, request: pb.DeleteRouteRequest, context) -> pb.DeleteRouteResponse:
         network = auth.validate_network("network", request.network)

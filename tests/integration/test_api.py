@@ -569,3 +569,40 @@ def test_the_feed_notices_a_full_sync_of_the_replica_which_publishes_no_event(re
     empty, synced, elapsed = asyncio.run(scenario())
     assert empty.nodes == {} and synced is not None and synced.master.node_id == NODE_ID
     assert elapsed < 3
+
+
+def test_repeating_an_operator_command_writes_nothing(redis_servers, tmp_path):
+    """Config management reruns every command: a rerun must not bump the revision (and wake every node)."""
+    redis_config = redis_servers.start()
+    key = new_key()
+
+    async def scenario():
+        async with running(redis_config, tmp_path) as node:
+            commands = [("AuthorizePeer", pb.AuthorizePeerRequest(peer_id="laptop-1", public_key=key)),
+                        ("AuthorizePeer", pb.AuthorizePeerRequest(peer_id="laptop-2")),
+                        ("CreateRoute", pb.CreateRouteRequest(network="10.200.0.0/24", node_id=NODE_ID))]
+            for method, request in commands:
+                await node.operator(method, request)
+            first = await node.rev()
+            answers = [await node.operator(method, request) for method, request in commands]
+            return first, await node.rev(), answers
+
+    first, second, answers = asyncio.run(scenario())
+    assert second == first
+    assert answers[0].peer.public_key == key and answers[2].route.node_id == NODE_ID
+
+
+def test_a_second_heimdall_api_cannot_take_the_port_or_the_socket(redis_servers, tmp_path):
+    redis_config = redis_servers.start()
+
+    async def scenario():
+        async with running(redis_config, tmp_path) as node:
+            second = ApiDaemon(node.daemon.config)
+            try:
+                with pytest.raises(OSError, match="cannot listen"):
+                    await asyncio.wait_for(second.start(), 10)
+            finally:
+                await second.shutdown()
+            return await node.operator("Status", pb.StatusRequest())
+
+    assert asyncio.run(scenario()).node_id == NODE_ID
