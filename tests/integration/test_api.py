@@ -8,8 +8,8 @@ nothing by comparing the state revision before and after.
 import asyncio
 import ipaddress
 import os
-import socket
 import stat
+import subprocess
 import time
 from contextlib import asynccontextmanager
 
@@ -24,6 +24,7 @@ from heimdall.api.server import MAX_MESSAGE_SIZE, ApiServer, HeimdallService
 from heimdall.api.v1 import heimdall_pb2 as pb
 from heimdall.api.v1 import heimdall_pb2_grpc
 from heimdall.programs.api import ApiDaemon
+from heimdall.redis_server import redis_server_binary
 from heimdall.state import MasterRecord, Pool, State
 from heimdall.wg import keys
 from tests.support.redis_servers import PASSWORD, free_port
@@ -466,24 +467,57 @@ def test_watch_streams_end_when_the_server_stops(redis_servers, tmp_path):
 
 
 # -- the state store away ----------------------------------------------------------------------------
-def test_reads_are_served_while_the_local_redis_is_down_and_writes_are_unavailable(redis_servers, tmp_path):
+def test_reads_are_served_while_the_local_redis_is_down_and_writes_resume_when_it_is_back(redis_servers, tmp_path):
     redis_config = redis_servers.start()
+    key = new_key()
 
     async def scenario():
-        async with running(redis_config, tmp_path) as node:
+        async with running(redis_config, tmp_path, "--authorized-peer", "laptop-1") as node:
+            await node.call(node.tcp, "Connect", pb.ConnectRequest(peer_id="laptop-1", name="laptop", public_key=key))
             await node.operator("CreateRoute", pb.CreateRouteRequest(network="10.200.0.0/24", node_id=NODE_ID))
-            redis_servers.processes[-1].terminate()
-            redis_servers.processes[-1].wait(5)
-            routes = await node.operator("Routes", pb.RoutesRequest())
-            nodes = await node.operator("Nodes", pb.NodesRequest())
-            write = await refused(node.operator("AuthorizePeer", pb.AuthorizePeerRequest(peer_id="laptop-1")))
-            join = await refused(node.call(node.tcp, "Join", join_request()))
-            return routes, nodes, write, join
+            async with client.dial(node.tcp) as channel:
+                stream = heimdall_pb2_grpc.HeimdallStub(channel).Watch(
+                    pb.WatchRequest(peer_id="laptop-1", public_key=key))
+                await stream.read()
+                redis_servers.processes[-1].terminate()
+                redis_servers.processes[-1].wait(5)
+                routes = await node.operator("Routes", pb.RoutesRequest())
+                nodes = await node.operator("Nodes", pb.NodesRequest())
+                write = await refused(node.operator("AuthorizePeer", pb.AuthorizePeerRequest(peer_id="laptop-2")))
+                join = await refused(node.call(node.tcp, "Join", join_request()))
+                # Back (empty: no persistence here): the stream, still open, gets the new state.
+                redis_servers.processes.append(subprocess.Popen([redis_server_binary(),
+                                                                 str(redis_config.config_path)],
+                                                                stdout=subprocess.DEVNULL))
+                await wait_for_redis(node.state)
+                await make_member(node.state, node.daemon.config)
+                await node.state.authorize_peer("laptop-1", key)
+                await node.state.connect_peer("laptop-1", name="laptop", public_key=key, pool=Pool(
+                    node.daemon.config.peer_network))
+                await node.state.create_route("10.201.0.0/24", NODE_ID)
+                pushed = await asyncio.wait_for(stream.read(), 5)
+                stream.cancel()
+            after = await node.operator("AuthorizePeer", pb.AuthorizePeerRequest(peer_id="laptop-2"))
+            return routes, nodes, write, join, pushed, after
 
-    routes, nodes, write, join = asyncio.run(scenario())
+    routes, nodes, write, join, pushed, after = asyncio.run(scenario())
     assert [r.network for r in routes.routes] == ["10.200.0.0/24"]
     assert [n.id for n in nodes.nodes] == [NODE_ID]
     assert write.code() == grpc.StatusCode.UNAVAILABLE and join.code() == grpc.StatusCode.UNAVAILABLE
+    assert list(pushed.peers[0].allowed_ips) == ["10.128.0.0/16", "10.201.0.0/24"]
+    assert after.peer.peer_id == "laptop-2"
+
+
+async def wait_for_redis(state: State, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await state.reader.ping()
+            return
+        except aioredis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
 
 
 # -- a node whose Redis is a replica ----------------------------------------------------------------------
