@@ -16,7 +16,6 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from heimdall.wg import keys
 
 ID_FILE = "node.id"
 KEY_FILE = "wireguard.key"
@@ -64,6 +63,8 @@ def host_id(data_dir: Path, configured: str = "") -> str:
 
 
 def private_key(data_dir: Path) -> str:
+    from heimdall.wg import keys  # cryptography (~7 MB) only where a key is used
+
     return keys.load_or_create_private_key(Path(data_dir) / KEY_FILE)
 
 

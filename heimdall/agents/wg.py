@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from heimdall import cluster, firewall, identity, uplink
 from heimdall.daemon import Daemon
+from heimdall.state.feed import SnapshotFeed
 from heimdall.identity import Membership
 from heimdall.state import MasterRecord, NodeRecord, Pool, Snapshot, StateError
 from heimdall.state.connect import StateLink
@@ -26,6 +27,7 @@ from heimdall.wg.model import WireGuardError
 
 BACKOFF_MAX = 5.0
 MEMBER_WAIT = 0.2
+FIRST_READ_TIMEOUT = 2.0
 
 
 class WgAgent(Daemon):
@@ -34,7 +36,7 @@ class WgAgent(Daemon):
     def __init__(self, config, config_loader=None) -> None:
         super().__init__(config, config_loader)
         self.dirty = asyncio.Event()
-        self.applied_rev = -1
+        self.latest: Snapshot | None = None
         self.link: StateLink | None = None
         self.firewall: firewall.Firewall | None = None
 
@@ -63,8 +65,11 @@ class WgAgent(Daemon):
         await asyncio.to_thread(firewall.enable_ip_forwarding)
         self.firewall = firewall.Firewall()
         await asyncio.to_thread(self.firewall.apply, self._firewall_spec())
-        self.dirty.set()
-        await self._reconcile_once()
+        self.feed = SnapshotFeed(self.link.state, on_snapshot=self._on_snapshot)
+        try:  # serve the current state at once when the local Redis has it; else the feed brings it
+            await self._reconcile(await asyncio.wait_for(self.link.state.snapshot(), FIRST_READ_TIMEOUT))
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self.log.warning("local Redis not readable yet (%s): keeping the interface as it is", exc)
 
     def _firewall_spec(self) -> firewall.FirewallSpec:
         c = self.config
@@ -130,24 +135,15 @@ class WgAgent(Daemon):
 
     # -- the loops ---------------------------------------------------------------------------
     def tasks(self):
-        return [self._listen(), self._reconciler(), self._resync(), self._heartbeat()]
+        return [self.feed.run(), self._reconciler(), self._resync(), self._heartbeat()]
 
-    async def _listen(self) -> None:
-        """Mark dirty on every change event; resubscribe (and resync) after a lost connection."""
-        delay = MEMBER_WAIT
-        while True:
-            try:
-                async for event in self.link.state.events():
-                    delay = MEMBER_WAIT
-                    if event.rev > self.applied_rev:
-                        self.dirty.set()
-            except (RedisError, OSError) as exc:
-                self.log.warning("lost the local Redis event stream (%s); keeping the applied state", exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
-            self.dirty.set()
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        """The feed has a newer snapshot (an event, or a changed revision): only mark the work."""
+        self.latest = snapshot
+        self.dirty.set()
 
     async def _reconciler(self) -> None:
+        """The main work loop (it alone feeds the watchdog): apply the latest snapshot when marked."""
         while True:
             try:
                 await asyncio.wait_for(self.dirty.wait(), timeout=1.0)
@@ -155,18 +151,11 @@ class WgAgent(Daemon):
                 pass
             self.progress()
             if self.dirty.is_set():
-                await self._reconcile_once()
+                self.dirty.clear()
+                if self.latest is not None:
+                    await self._reconcile(self.latest)
 
-    async def _reconcile_once(self) -> None:
-        self.dirty.clear()
-        try:
-            snapshot = await self.link.state.snapshot()
-        except (RedisError, OSError) as exc:
-            self.log.warning("cannot read the local Redis (%s); keeping the applied state", exc)
-            self.status("Redis unreachable: keeping the last applied configuration")
-            await asyncio.sleep(1.0)
-            self.dirty.set()
-            return
+    async def _reconcile(self, snapshot: Snapshot) -> None:
         state = self.link.follow(snapshot.master, self.node_id)
         own = snapshot.nodes.get(self.node_id)
         if own is None:
@@ -189,7 +178,6 @@ class WgAgent(Daemon):
             await asyncio.sleep(1.0)
             self.dirty.set()
             return
-        self.applied_rev = max(self.applied_rev, snapshot.rev)
         if changed:
             self.log.info("applied rev %d: %s", snapshot.rev, changed)
         self.status(f"rev {snapshot.rev}: {len(desired.peers)} WireGuard peers, {len(desired.routes)} routes")
@@ -207,7 +195,8 @@ class WgAgent(Daemon):
         """Liveness for the elector and `hctl status` (written to the master, no change event)."""
         while True:
             try:
-                await self.link.state.heartbeat(self.node_id, time.time())
+                if self.latest is not None:  # until a snapshot names the master, writes would go nowhere
+                    await self.link.state.heartbeat(self.node_id, time.time())
             except (RedisError, OSError) as exc:
                 self.log.debug("heartbeat failed: %s", exc)
             await asyncio.sleep(self.config.heartbeat_interval)

@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 from heimdall import __version__, topology
 from heimdall.api import auth
 from heimdall.api.auth import AuthError, InvalidArgument
-from heimdall.api.feed import SnapshotFeed
+from heimdall.state.feed import SnapshotFeed
 from heimdall.api.v1 import heimdall_pb2 as pb
 from heimdall.settings import Config, ConfigError
 from heimdall.state import Denied, NodeRecord, Pool, PoolExhausted, Snapshot, State, StateError

@@ -14,7 +14,7 @@ import asyncio
 from redis.exceptions import RedisError
 
 from heimdall import cluster, identity
-from heimdall.api.feed import SnapshotFeed
+from heimdall.state.feed import SnapshotFeed
 from heimdall.api.server import ApiServer, HeimdallService
 from heimdall.daemon import Daemon, run_program
 from heimdall.settings import Config

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import logging
 
-from heimdall.wg import links
-from heimdall.wg.backend import WireGuardBackend
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the backends load pyroute2 (~10 MB): only daemons that drive an interface pay for it
+    from heimdall.wg.backend import WireGuardBackend
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,7 @@ def kernel_wireguard_available() -> bool:
 
 def make_backend(ifname: str, choice: str = "auto") -> WireGuardBackend:
     """The backend for ``ifname``: an existing interface decides, else the kernel if it can."""
+    from heimdall.wg import links
     from heimdall.wg.kernel import KernelBackend
     from heimdall.wg.userspace import UserspaceBackend
 
