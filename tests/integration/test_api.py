@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from heimdall import settings
 from heimdall.api import auth, client
-from heimdall.api.feed import SnapshotFeed
+from heimdall.state.feed import SnapshotFeed
 from heimdall.api.server import MAX_MESSAGE_SIZE, ApiServer, HeimdallService
 from heimdall.api.v1 import heimdall_pb2 as pb
 from heimdall.api.v1 import heimdall_pb2_grpc
