@@ -192,12 +192,21 @@ class WgAgent(Daemon):
                 self.log.error("firewall resync failed: %s", exc)
 
     async def _heartbeat(self) -> None:
-        """Liveness for the elector and `hctl status` (written to the master, no change event)."""
+        """Liveness for the elector and `hctl status`: our heartbeat, and our WireGuard handshake
+        times when they change (both written to the master without a change event)."""
+        reported: dict[str, int] | None = None
         while True:
             try:
                 if self.latest is not None:  # until a snapshot names the master, writes would go nowhere
-                    await self.link.state.heartbeat(self.node_id, time.time())
-            except (RedisError, OSError) as exc:
+                    state = self.link.state
+                    await state.heartbeat(self.node_id, time.time())
+                    device = await asyncio.to_thread(self.backend.device)
+                    handshakes = {key: int(status.last_handshake) for key, status in device.peers.items()
+                                  if status.last_handshake}
+                    if handshakes != reported:
+                        await state.report_handshakes(self.node_id, handshakes)
+                        reported = handshakes
+            except (RedisError, OSError, WireGuardError) as exc:
                 self.log.debug("heartbeat failed: %s", exc)
             await asyncio.sleep(self.config.heartbeat_interval)
 

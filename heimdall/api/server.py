@@ -96,10 +96,12 @@ def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error (logged on the node)"
 
 
-def _node(node: NodeRecord, snapshot: Snapshot) -> pb.Node:
+def _node(node: NodeRecord, snapshot: Snapshot, observer: str) -> pb.Node:
+    """``node`` as the API shows it; its handshake time is the one ``observer`` (the answering node) saw."""
     return pb.Node(id=node.id, name=node.name, public_key=node.public_key, endpoint=node.endpoint,
                    subnet=node.subnet, tunnel_address=node.tunnel_address, grpc_address=node.grpc_address,
-                   joined_at=node.joined_at, last_seen=snapshot.seen.get(node.id, 0))
+                   joined_at=node.joined_at, last_seen=snapshot.seen.get(node.id, 0),
+                   last_handshake=snapshot.handshakes.get(observer, {}).get(node.public_key, 0))
 
 
 def _master(snapshot: Snapshot) -> pb.Master | None:
@@ -193,11 +195,11 @@ class HeimdallService:
         snapshot = await self._caught_up(state)
         return pb.JoinResponse(subnet=record.subnet, tunnel_address=record.tunnel_address,
                                master=_master(snapshot),
-                               nodes=[_node(n, snapshot) for n in snapshot.oldest_first()])
+                               nodes=[_node(n, snapshot, self.node_id) for n in snapshot.oldest_first()])
 
     async def Nodes(self, request: pb.NodesRequest, context) -> pb.NodesResponse:
         snapshot = await self._read()
-        return pb.NodesResponse(nodes=[_node(n, snapshot) for n in snapshot.oldest_first()])
+        return pb.NodesResponse(nodes=[_node(n, snapshot, self.node_id) for n in snapshot.oldest_first()])
 
     async def Status(self, request: pb.StatusRequest, context) -> pb.StatusResponse:
         snapshot = await self._read()

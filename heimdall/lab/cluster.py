@@ -58,6 +58,19 @@ class _OnHost:
         return self.host.run(["ping", "-n", "-q", "-c", str(count), "-i", "0.05", "-W", str(wait), address],
                              check=False).returncode == 0
 
+    def wg_peers(self) -> dict[str, list[str]]:
+        """{public key: allowed IPs} of the host's interface, from `wg show dump`."""
+        lines = self.host.run(["wg", "show", IFNAME, "dump"]).stdout.splitlines()[1:]
+        return {f[0]: sorted(f[3].split(",")) if f[3] != "(none)" else [] for f in (l.split("\t") for l in lines)}
+
+    @property
+    def private_key(self) -> str:
+        return self.host.path("/var/lib/heimdall/wireguard.key").read_text().strip()
+
+    @property
+    def public_key(self) -> str:
+        return keys.public_key(self.private_key)
+
 
 class LabNode(_OnHost):
     """One gateway node on ``host``; ``join`` names the node whose API it joins through."""
@@ -77,7 +90,7 @@ class LabNode(_OnHost):
         conf = {"name": self.name, "cluster-key-file": "/etc/heimdall/cluster.key", "debug": "true",
                 "node-interface": "eth0", **self.settings}
         if self.join is not None:
-            conf["peer"] = f"tcp://{self.join.host.underlay_ip}:9000"
+            conf["peer"] = node_addr(self.join)
         key_file = self.host.path("/etc/heimdall/cluster.key")
         key_file.touch(mode=0o600)
         key_file.write_text(self.cluster_key + "\n")
@@ -107,6 +120,15 @@ class LabNode(_OnHost):
             if self.procs[daemon].poll() is None:
                 self.signal_daemon(daemon)
 
+    def restart(self, daemons: tuple[str, ...], settings: dict[str, str] | None = None) -> None:
+        """Stop ``daemons`` (SIGTERM), apply new ``settings`` to the config file, start them again."""
+        for daemon in daemons:
+            self.signal_daemon(daemon)
+        self.settings.update(settings or {})
+        self._write_config()
+        for daemon in daemons:
+            self.start_daemon(daemon)
+
     def log(self, daemon: str) -> str:
         path = self.log_dir / f"{self.name}.{daemon}.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -134,17 +156,23 @@ class LabNode(_OnHost):
                             check=check)
         return out.stdout
 
+    def redis_dump(self) -> str:
+        """Every key of this node's Redis with its whole value, as text (for scanning it for secrets)."""
+        dump = []
+        for key in self.redis("--scan").split():
+            command = {"hash": "HGETALL", "set": "SMEMBERS", "string": "GET"}[self.redis("TYPE", key).strip()]
+            dump.append(key + "\n" + self.redis(command, key))
+        return "\n".join(dump)
+
+    def hctl(self, *args: str) -> subprocess.CompletedProcess:
+        """Run ``hctl ARGS`` on this node's host (over its operator socket unless ARGS say otherwise)."""
+        return self.host.run([str(BIN / "hctl"), *args], check=False)
+
     def replication(self) -> dict[str, str]:
         return dict(line.split(":", 1) for line in self.redis("INFO", "replication").splitlines() if ":" in line)
 
-    def wg_peers(self) -> dict[str, list[str]]:
-        """{public key: allowed IPs} of the node's interface, from `wg show dump`."""
-        lines = self.host.run(["wg", "show", IFNAME, "dump"]).stdout.splitlines()[1:]
-        return {f[0]: sorted(f[3].split(",")) if f[3] != "(none)" else [] for f in (l.split("\t") for l in lines)}
-
     def ifindex(self) -> int:
         return int(self.host.run(["cat", f"/sys/class/net/{IFNAME}/ifindex"]).stdout)
-
 
     def wait_member(self, timeout: float = 30) -> LabNode:
         wait_until(lambda: self._alive() and self.membership() is not None, timeout,
@@ -161,15 +189,16 @@ class LabNode(_OnHost):
 class LabPeer(_OnHost):
     """An access-only peer on ``host`` running heimdall-peer against ``nodes`` (in that order)."""
 
-    def __init__(self, host: Host, peer_id: str, nodes: list[LabNode], log_dir: Path) -> None:
+    def __init__(self, host: Host, peer_id: str, nodes: list[LabNode], log_dir: Path,
+                 settings: dict[str, str] | None = None) -> None:
         self.host = host
         self.name = host.name
         self.peer_id = peer_id
         self.log_dir = log_dir
         self.proc: subprocess.Popen | None = None
-        conf = {"id": peer_id, "name": host.name, "debug": "true", "update-interval": "30"}
+        conf = {"id": peer_id, "name": host.name, "debug": "true", "update-interval": "30", **(settings or {})}
         lines = [f"{k} = {v}\n" for k, v in conf.items()]
-        lines += [f"node-addr = tcp://{n.host.underlay_ip}:9000\n" for n in nodes]
+        lines += [f"node-addr = {node_addr(n)}\n" for n in nodes]
         self.host.path("/etc/heimdall/heimdall.conf").write_text("".join(lines))
 
     def start(self) -> LabPeer:
@@ -185,10 +214,27 @@ class LabPeer(_OnHost):
         path = self.log_dir / f"{self.name}.heimdall-peer.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    @property
-    def public_key(self) -> str:
-        return keys.public_key(self.host.path("/var/lib/heimdall/wireguard.key").read_text().strip())
+    def logs(self) -> str:
+        return f"--- {self.name} heimdall-peer ---\n{self.log()[-4000:]}"
 
+    def connections(self, node: LabNode) -> int:
+        """How many times heimdall-peer has connected its control stream to ``node``."""
+        return self.log().count(f"connected to {node_addr(node)}")
+
+    @property
+    def address(self) -> str | None:
+        """The peer's tunnel address (from the peer network), once a node has given it one."""
+        out = self.host.run(["ip", "-4", "-o", "addr", "show", "dev", IFNAME], check=False).stdout.split()
+        return out[out.index("inet") + 1].split("/")[0] if "inet" in out else None
+
+    def reaches(self, nodes: list[LabNode]) -> bool:
+        """True if every node's tunnel address answers this peer."""
+        return all(self.pings(n.tunnel_address, wait=0.5) for n in nodes)
+
+
+def node_addr(node: LabNode) -> str:
+    """The gRPC address peers and hctl reach ``node`` on."""
+    return f"tcp://{node.host.underlay_ip}:9000"
 
 
 def new_cluster_key() -> str:

@@ -64,18 +64,20 @@ class TunnelHost:
 
 
 class PingFlow:
-    """``ping`` every 50 ms from a host, in the background.
+    """``ping`` every 50 ms (or ``interval`` s) from a host, in the background.
 
     It sends a fixed count and ends by itself: a ping stopped by a signal counts
-    its last echo, still in flight, as lost.
+    its last echo, still in flight, as lost. Each reply is logged with its
+    arrival time (``ping -D``), so :meth:`reply_times` tells when a path stopped
+    (or started) answering.
     """
 
     INTERVAL = 0.05
 
-    def __init__(self, host: Host, destination: str, seconds: float, log: Path) -> None:
+    def __init__(self, host: Host, destination: str, seconds: float, log: Path, interval: float = INTERVAL) -> None:
         self.log = log
-        count = str(round(seconds / self.INTERVAL))
-        self.proc = host.spawn(["ping", "-n", "-q", "-i", str(self.INTERVAL), "-c", count, "-W", "1", destination],
+        count = str(round(seconds / interval))
+        self.proc = host.spawn(["ping", "-n", "-D", "-i", str(interval), "-c", count, "-W", "1", destination],
                                log=log)
 
     def running(self) -> bool:
@@ -89,6 +91,10 @@ class PingFlow:
         if not found:
             raise RuntimeError(f"no ping summary in {self.log}: {text.strip()!r}")
         return int(found[1]), int(found[2])
+
+    def reply_times(self) -> list[float]:
+        """The unix times replies arrived at, so far."""
+        return [float(t) for t in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", self.log.read_text(), re.M)]
 
 
 @dataclass(frozen=True)

@@ -88,16 +88,20 @@ def _master_text(master: pb.Master | None) -> str:
 
 
 def render_status(status: pb.StatusResponse, nodes: Sequence[pb.Node], now: float) -> Result:
-    """``hctl status``: the answering node, the master, and every node's last heartbeat."""
+    """``hctl status``: the answering node, the master, every node's last heartbeat and the
+    answering node's latest WireGuard handshake with it."""
     master = status.master if status.HasField("master") else None
-    node_rows = [{**as_dict(n), "heartbeat_age": seconds_since(n.last_seen, now)} for n in nodes]
+    node_rows = [{**as_dict(n), "heartbeat_age": seconds_since(n.last_seen, now),
+                  "handshake_age": seconds_since(n.last_handshake, now)} for n in nodes]
     data = {**as_dict(status), "nodes": node_rows}
     summary = "\n".join(f"{label:<9} {value}" for label, value in (
         ("node", f"{status.name} ({status.node_id})"), ("version", status.version),
         ("master", _master_text(master)), ("revision", status.revision)))
-    table = render_table(("NODE ID", "NAME", "TUNNEL ADDRESS", "ENDPOINT", "MASTER", "LAST HEARTBEAT"), [
+    table = render_table(("NODE ID", "NAME", "TUNNEL ADDRESS", "ENDPOINT", "MASTER", "LAST HEARTBEAT",
+                          "HANDSHAKE"), [
         (n["id"], n["name"], n["tunnel_address"], n["endpoint"],
-         "*" if master is not None and n["id"] == master.node_id else "", age(n["heartbeat_age"]))
+         "*" if master is not None and n["id"] == master.node_id else "", age(n["heartbeat_age"]),
+         "(self)" if n["id"] == status.node_id else age(n["handshake_age"]))
         for n in node_rows])
     return data, f"{summary}\n\n{table}"
 

@@ -26,6 +26,11 @@ def node(node_id: str) -> str:
     return f"{PREFIX}:node:{node_id}"
 
 
+def handshakes(node_id: str) -> str:
+    """Hash: public key -> unix seconds of this node's latest WireGuard handshake with it (no event)."""
+    return f"{PREFIX}:handshakes:{node_id}"
+
+
 def peer(peer_id: str) -> str:
     """Hash of one peer's record."""
     return f"{PREFIX}:peer:{peer_id}"

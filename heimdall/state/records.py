@@ -82,6 +82,7 @@ class Snapshot:
     routes: dict[str, str] = field(default_factory=dict)  # network -> node id
     master: MasterRecord | None = None
     seen: dict[str, int] = field(default_factory=dict)  # node id -> last heartbeat
+    handshakes: dict[str, dict[str, int]] = field(default_factory=dict)  # node id -> {public key: last handshake}
 
     def oldest_first(self) -> list[NodeRecord]:
         """Nodes by join time (ties by id): the "oldest sibling" order of elections."""

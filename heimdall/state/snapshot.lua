@@ -1,7 +1,9 @@
 #!lua flags=no-writes
 -- The whole state at one revision, read in one atomic step (runs on replicas too).
--- KEYS: rev, nodes set, peers set, authorized, routes, master, seen, node key prefix, peer key prefix.
--- Returns {rev, nodes, peers, authorized, routes, master, seen}; nodes/peers are lists of flat HGETALLs.
+-- KEYS: rev, nodes set, peers set, authorized, routes, master, seen, node key prefix, peer key prefix,
+--       handshakes key prefix.
+-- Returns {rev, nodes, peers, authorized, routes, master, seen, handshakes}; nodes/peers are lists of
+-- flat HGETALLs; handshakes is a list of {node id, flat HGETALL} per node.
 local rev = tonumber(redis.call('GET', KEYS[1]) or '0')
 local function records(set_key, prefix)
   local out = {}
@@ -11,6 +13,10 @@ local function records(set_key, prefix)
   end
   return out
 end
+local handshakes = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  table.insert(handshakes, {id, redis.call('HGETALL', KEYS[10] .. id)})
+end
 return {
   rev,
   records(KEYS[2], KEYS[8]),
@@ -19,4 +25,5 @@ return {
   redis.call('HGETALL', KEYS[5]),
   redis.call('HGETALL', KEYS[6]),
   redis.call('HGETALL', KEYS[7]),
+  handshakes,
 }

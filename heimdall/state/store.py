@@ -64,6 +64,11 @@ def _pairs(flat: list) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2]))
 
 
+def _timestamps(flat: list) -> dict[str, int]:
+    """A hash of unix times; values that are not numbers are dropped."""
+    return {k: int(float(v)) for k, v in _pairs(flat).items() if v.replace(".", "", 1).isdigit()}
+
+
 def _records(cls, rows: list, what: str) -> dict:
     found = {}
     for row in rows:
@@ -91,9 +96,9 @@ class State:
 
     # -- reads --------------------------------------------------------------------------------
     async def snapshot(self) -> Snapshot:
-        rev, nodes, peers, authorized, routes, master, seen = await self._snapshot_script(keys=[
+        rev, nodes, peers, authorized, routes, master, seen, handshakes = await self._snapshot_script(keys=[
             keys.REV, keys.NODES, keys.PEERS, keys.AUTHORIZED, keys.ROUTES, keys.MASTER, keys.SEEN,
-            keys.node(""), keys.peer(""),
+            keys.node(""), keys.peer(""), keys.handshakes(""),
         ])
         master_fields = _pairs(master)
         try:
@@ -108,7 +113,8 @@ class State:
             authorized=_pairs(authorized),
             routes=_pairs(routes),
             master=master_record,
-            seen={k: int(float(v)) for k, v in _pairs(seen).items() if v.replace(".", "", 1).isdigit()},
+            seen=_timestamps(seen),
+            handshakes={node_id: _timestamps(flat) for node_id, flat in handshakes if flat},
         )
 
     async def revision(self) -> int:
@@ -168,6 +174,15 @@ class State:
     async def heartbeat(self, node_id: str, now: float | None = None) -> None:
         """Liveness only: not a change of state, so no revision bump and no event."""
         await self.writer.hset(keys.SEEN, node_id, int(time.time() if now is None else now))
+
+    async def report_handshakes(self, node_id: str, latest: dict[str, int]) -> None:
+        """Replace this node's handshake times (public key -> unix seconds); liveness, so no event."""
+        key = keys.handshakes(node_id)
+        async with self.writer.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            if latest:
+                pipe.hset(key, mapping=latest)
+            await pipe.execute()
 
     async def authorize_peer(self, peer_id: str, public_key: str = "") -> None:
         """Allow ``peer_id`` (pinned to ``public_key`` if given). Re-authorizing changes the pin."""

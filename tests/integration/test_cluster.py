@@ -4,6 +4,7 @@ One cluster serves the module (bringing one up costs seconds); tests run in file
 order and the destructive ones (killing daemons) come last.
 """
 import base64
+import json
 import os
 import signal
 import sys
@@ -11,7 +12,7 @@ import sys
 import pytest
 
 from heimdall.lab import Lab
-from heimdall.lab.cluster import LabNode, NodeError, new_cluster_key, wait_until
+from heimdall.lab.cluster import BIN, LabNode, NodeError, new_cluster_key, wait_until
 from heimdall.lab.tunnels import PingFlow
 
 pytestmark = pytest.mark.integration
@@ -104,6 +105,19 @@ def test_no_secret_in_any_redis_and_redis_not_on_the_underlay(cluster):
     assert "PONG" not in refused.stdout and "NOAUTH" not in refused.stdout
     tunnel = other.host.run(["redis-cli", "-h", nodes[0].tunnel_address, "-p", "16379", "PING"], check=False)
     assert "NOAUTH" in tunnel.stdout  # listening there, and a password is required
+
+
+def test_status_shows_heartbeats_and_handshake_ages(cluster):
+    n1, n2 = cluster["nodes"][:2]
+    out = n2.host.run([str(BIN / "hctl"), "status", "--json"]).stdout
+    status = json.loads(out)
+    rows = {row["name"]: row for row in status["nodes"]}
+    assert status["node_id"] == n2.node_id and status["master"]["node_id"] == n1.node_id
+    assert all(row["heartbeat_age"] is not None and row["heartbeat_age"] < 10 for row in rows.values())
+    assert rows["node2"]["handshake_age"] is None  # itself
+    assert rows["node1"]["handshake_age"] is not None and rows["node1"]["handshake_age"] < 180
+    human = n2.host.run([str(BIN / "hctl"), "status"]).stdout
+    assert "HANDSHAKE" in human and "(self)" in human
 
 
 def test_bad_joins_are_refused_and_change_nothing(cluster):

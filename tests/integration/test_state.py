@@ -146,3 +146,19 @@ def test_replica_reads_snapshots_and_hears_every_event_in_order(redis_servers):
     assert snap.rev == 3 and snap.routes == {"10.200.0.0/24": "n1"}
     assert snap.master == MasterRecord("n1", "10.128.0.1", 1)
     assert snap.nodes["n1"].tunnel_address == "10.128.0.1"
+
+
+def test_handshake_reports_replace_the_previous_ones_without_an_event(redis_servers):
+    master = redis_servers.start()
+
+    async def scenario():
+        async with client(master) as c:
+            state = State(c)
+            await join(state, "n1")
+            rev = await state.revision()
+            await state.report_handshakes("n1", {KEY_A: 100, KEY_B: 200})
+            await state.report_handshakes("n1", {KEY_B: 300})
+            return rev, await state.snapshot()
+
+    rev, snap = asyncio.run(scenario())
+    assert snap.handshakes == {"n1": {KEY_B: 300}} and snap.rev == rev

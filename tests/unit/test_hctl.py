@@ -132,26 +132,27 @@ def test_seconds_since_treats_zero_as_never_and_clock_skew_as_now():
 def test_json_keeps_numbers_as_numbers_and_unset_messages_as_null():
     assert hctl.as_dict(pb.Node(id="n1", joined_at=NOW)) | {"id": "n1"} == {
         "id": "n1", "name": "", "public_key": "", "endpoint": "", "subnet": "", "tunnel_address": "",
-        "grpc_address": "", "joined_at": NOW, "last_seen": 0}
+        "grpc_address": "", "joined_at": NOW, "last_seen": 0, "last_handshake": 0}
     assert hctl.as_dict(pb.StatusResponse(revision=7))["master"] is None
     config = hctl.as_dict(pb.PeerConfig(peers=[pb.WireGuardPeer(public_key="k", allowed_ips=["10.0.0.0/16"])]))
     assert config["peers"] == [{"public_key": "k", "endpoint": "", "allowed_ips": ["10.0.0.0/16"],
                                 "persistent_keepalive": 0}]
 
 
-def test_status_marks_the_master_and_gives_heartbeat_ages():
+def test_status_marks_the_master_and_gives_heartbeat_and_handshake_ages():
     status = pb.StatusResponse(node_id="n1", name="gw1", version="0.1.0", revision=42,
                                master=pb.Master(node_id="n2", address="10.129.0.1", epoch=3))
     nodes = [pb.Node(id="n1", name="gw1", tunnel_address="10.128.0.1", last_seen=NOW - 4),
-             pb.Node(id="n2", name="gw2", tunnel_address="10.129.0.1", last_seen=0)]
+             pb.Node(id="n2", name="gw2", tunnel_address="10.129.0.1", last_seen=0, last_handshake=NOW - 70)]
     data, text = hctl.render_status(status, nodes, NOW)
     assert [n["heartbeat_age"] for n in data["nodes"]] == [4, None]
+    assert [n["handshake_age"] for n in data["nodes"]] == [None, 70]
     assert data["master"] == {"node_id": "n2", "address": "10.129.0.1", "epoch": 3} and data["revision"] == 42
     lines = text.splitlines()
     assert lines[:4] == ["node      gw1 (n1)", "version   0.1.0", "master    n2 at 10.129.0.1, epoch 3",
                          "revision  42"]
-    assert lines[-2].split() == ["n1", "gw1", "10.128.0.1", "4s", "ago"]
-    assert lines[-1].split() == ["n2", "gw2", "10.129.0.1", "*", "never"]
+    assert lines[-2].split() == ["n1", "gw1", "10.128.0.1", "4s", "ago", "(self)"]
+    assert lines[-1].split() == ["n2", "gw2", "10.129.0.1", "*", "never", "70s", "ago"]
 
 
 def test_status_without_a_master_says_so():

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Node(_message.Message):
-    __slots__ = ("id", "name", "public_key", "endpoint", "subnet", "tunnel_address", "grpc_address", "joined_at", "last_seen")
+    __slots__ = ("id", "name", "public_key", "endpoint", "subnet", "tunnel_address", "grpc_address", "joined_at", "last_seen", "last_handshake")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class Node(_message.Message):
     GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     JOINED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_HANDSHAKE_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     public_key: str
@@ -26,7 +27,8 @@ class Node(_message.Message):
     grpc_address: str
     joined_at: int
     last_seen: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., public_key: _Optional[str] = ..., endpoint: _Optional[str] = ..., subnet: _Optional[str] = ..., tunnel_address: _Optional[str] = ..., grpc_address: _Optional[str] = ..., joined_at: _Optional[int] = ..., last_seen: _Optional[int] = ...) -> None: ...
+    last_handshake: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., public_key: _Optional[str] = ..., endpoint: _Optional[str] = ..., subnet: _Optional[str] = ..., tunnel_address: _Optional[str] = ..., grpc_address: _Optional[str] = ..., joined_at: _Optional[int] = ..., last_seen: _Optional[int] = ..., last_handshake: _Optional[int] = ...) -> None: ...
 
 class Master(_message.Message):
     __slots__ = ("node_id", "address", "epoch")
