@@ -1,6 +1,7 @@
 """heimdall-wg: the node's WireGuard interface, tunnel address, routes, forwarding and firewall.
 
-Events from the local Redis only mark the state dirty; one reconcile loop reads a
+A SnapshotFeed on the local Redis (change events, plus a revision check that
+catches full replica syncs) only marks the work; one reconcile loop takes the latest
 snapshot, derives the desired interface (topology.node_desired), diffs it against
 the kernel and applies the difference — single peers, never a new interface. A
 periodic full resync is the safety net for lost events and repairs drift (a peer
@@ -16,11 +17,11 @@ from redis.exceptions import RedisError
 
 from heimdall import cluster, firewall, identity, uplink
 from heimdall.daemon import Daemon
-from heimdall.state.feed import SnapshotFeed
 from heimdall.identity import Membership
+from heimdall.reconciler import apply_desired
 from heimdall.state import MasterRecord, NodeRecord, Pool, Snapshot, StateError
 from heimdall.state.connect import StateLink
-from heimdall.reconciler import apply_desired
+from heimdall.state.feed import SnapshotFeed
 from heimdall.topology import node_desired
 from heimdall.wg import keys, make_backend
 from heimdall.wg.model import WireGuardError
@@ -60,8 +61,7 @@ class WgAgent(Daemon):
         self.link = StateLink(c, self.cluster_key)
         membership = Membership.load(c.data_dir)
         if membership is None:
-            membership = await (self._join() if c.peer else self._bootstrap())
-        self.membership = membership
+            await (self._join() if c.peer else self._bootstrap())
         await asyncio.to_thread(firewall.enable_ip_forwarding)
         self.firewall = firewall.Firewall()
         await asyncio.to_thread(self.firewall.apply, self._firewall_spec())
@@ -209,6 +209,20 @@ class WgAgent(Daemon):
             except (RedisError, OSError, WireGuardError) as exc:
                 self.log.debug("heartbeat failed: %s", exc)
             await asyncio.sleep(self.config.heartbeat_interval)
+
+    async def reload(self, config) -> None:
+        """SIGHUP: new timers and firewall settings apply at once; interface and identity need a restart."""
+        fixed = ("interface_name", "endpoint_port", "data_dir", "id", "node_network", "node_subnet_prefix")
+        changed = [name for name in fixed if config.values[name] != self.config.values[name]]
+        if changed:
+            self.log.warning("reload: %s only change with a restart; keeping the running values", ", ".join(changed))
+            config.values.update({name: self.config.values[name] for name in changed})
+        self.config = config
+        try:
+            await asyncio.to_thread(self.firewall.apply, self._firewall_spec())
+        except firewall.FirewallError as exc:
+            self.log.error("reload: firewall not updated: %s", exc)
+        self.dirty.set()
 
     async def shutdown(self) -> None:
         """Clean stop: our firewall chains go; the interface stays so tunnels survive restarts."""
