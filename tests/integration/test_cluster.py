@@ -120,6 +120,23 @@ def test_status_shows_heartbeats_and_handshake_ages(cluster):
     assert "HANDSHAKE" in human and "(self)" in human
 
 
+def test_sighup_reloads_the_firewall_without_touching_the_tunnels(cluster):
+    n3 = cluster["nodes"][2]
+    conf = n3.host.path("/etc/heimdall/heimdall.conf")
+    original = conf.read_text()
+    rules = lambda: n3.host.run(["iptables", "-S", "HEIMDALL-FORWARD"]).stdout  # noqa: E731
+    index = n3.ifindex()
+    assert "-j DROP" in rules()  # peers isolated by default
+    try:
+        conf.write_text(original + "allow-peer-to-peer = true\n")
+        n3.signal_daemon("heimdall-wg", signal.SIGHUP)
+        wait_until(lambda: "-j DROP" not in rules(), 10, "the reloaded firewall to allow peer-to-peer traffic")
+    finally:
+        conf.write_text(original)
+        n3.signal_daemon("heimdall-wg", signal.SIGHUP)
+    wait_until(lambda: "-j DROP" in rules(), 10, "the firewall to isolate peers again")
+    assert n3.ifindex() == index and n3.procs["heimdall-wg"].poll() is None
+
 def test_bad_joins_are_refused_and_change_nothing(cluster):
     n1, n2 = cluster["nodes"][:2]
     rev = n1.redis("GET", "heimdall:rev").strip()
