@@ -9,6 +9,7 @@ idle_cpu_pct_max     largest CPU use of any heimdall daemon on an idle node
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import sys
@@ -23,7 +24,7 @@ from heimdall.lab.tunnels import PingFlow
 
 CHANGES = 60  # each is a route added then removed: 2 revisions
 SPACING = 0.25
-IDLE_SECONDS = 10
+IDLE_SECONDS = 30
 APPLIED = re.compile(r"^(\S+ \S+) INFO +heimdall-wg: applied rev (\d+)", re.M)
 
 WRITER = """
@@ -37,7 +38,7 @@ async def main():
     state, written = State(r), {}
     for i in range(count):
         for add in (True, False):
-            net = f"10.200.{i}.0/24"
+            net = f"172.20.{i}.0/24"
             before = time.time()
             await (state.create_route(net, via) if add else state.delete_route(net))
             written[await state.revision()] = before
@@ -68,10 +69,10 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def daemon_usage(nodes: list[LabNode], seconds: float) -> tuple[float, float]:
-    """(largest RSS in MB, largest CPU %) over the heimdall daemons of ``nodes`` while idle."""
-    tick = 100  # os.sysconf("SC_CLK_TCK") on Linux
-    pids = [p.pid for n in nodes for p in n.procs.values() if p.poll() is None]
+def daemon_usage(nodes: list[LabNode], seconds: float) -> dict[str, tuple[float, float]]:
+    """{daemon: (largest RSS in MB, largest CPU %)} over ``nodes`` while idle."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = {p.pid: daemon for n in nodes for daemon, p in n.procs.items() if p.poll() is None}
 
     def cpu(pid: int) -> int:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -79,9 +80,13 @@ def daemon_usage(nodes: list[LabNode], seconds: float) -> tuple[float, float]:
 
     before = {pid: cpu(pid) for pid in pids}
     time.sleep(seconds)
-    cpu_pct = max((cpu(pid) - before[pid]) / tick / seconds * 100 for pid in pids)
-    rss = max(int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())[1]) for pid in pids)
-    return rss / 1024, cpu_pct
+    usage: dict[str, tuple[float, float]] = {}
+    for pid, daemon in pids.items():
+        cpu_pct = (cpu(pid) - before[pid]) / tick / seconds * 100
+        rss = int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())[1]) / 1024
+        old_rss, old_cpu = usage.get(daemon, (0.0, 0.0))
+        usage[daemon] = (max(rss, old_rss), max(cpu_pct, old_cpu))
+    return usage
 
 
 def run() -> None:
@@ -103,7 +108,7 @@ def run() -> None:
 
             progress("idle usage")
             time.sleep(3)
-            rss, cpu = daemon_usage(nodes, IDLE_SECONDS)
+            usage = daemon_usage(nodes, IDLE_SECONDS)
 
             progress("join time of a fourth node")
             began = time.monotonic()
@@ -144,5 +149,8 @@ def run() -> None:
     figure("convergence_ms_p50", statistics.median(latencies), "ms")
     figure("convergence_ms_p99", percentile(latencies, 99), "ms")
     figure("change_loss_packets", lost, "packets")
-    figure("rss_mb_max", rss, "MB")
-    figure("idle_cpu_pct_max", cpu, "%")
+    figure("rss_mb_max", max(rss for rss, _ in usage.values()), "MB")
+    figure("idle_cpu_pct_max", max(cpu for _, cpu in usage.values()), "%")
+    for daemon, (rss, cpu) in sorted(usage.items()):
+        figure(f"rss_mb_{daemon.removeprefix('heimdall-')}", rss, "MB")
+        figure(f"idle_cpu_pct_{daemon.removeprefix('heimdall-')}", cpu, "%")

@@ -31,7 +31,7 @@ examples:
   hctl status
   hctl nodes list
   hctl peers authorize 9c76f92d-d55a-46c0-84d6-58c981442830
-  hctl routes add 10.200.0.0/24 --via gw2
+  hctl routes add 192.168.200.0/24 --via gw2
   hctl -a tcp://192.0.2.10:9000 --cluster-key-file /etc/heimdall/cluster.key peers list --json
 """
 
@@ -258,13 +258,13 @@ def command_parser() -> argparse.ArgumentParser:
     deauthorize.add_argument("peer_id", metavar="ID")
 
     routes = _noun(nouns, "routes", "Extra networks published via a node.",
-                   "  hctl routes add 10.200.0.0/24 --via gw2\n"
-                   "  hctl routes create --node-id gw2 --network 10.200.0.0/24\n"
-                   "  hctl routes list\n  hctl routes delete 10.200.0.0/24\n")
+                   "  hctl routes add 192.168.200.0/24 --via gw2\n"
+                   "  hctl routes create --node-id gw2 --network 192.168.200.0/24\n"
+                   "  hctl routes list\n  hctl routes delete 192.168.200.0/24\n")
     _verb(routes, "list", routes_list, "list the published networks and their nodes")
     create = _verb(routes, "create", routes_create, "publish a network via a node (every node and peer routes it)")
     create.add_argument("--node-id", required=True, metavar="ID", help="the node that routes the network")
-    create.add_argument("--network", required=True, metavar="NET", help="the network, e.g. 10.200.0.0/24")
+    create.add_argument("--network", required=True, metavar="NET", help="the network, e.g. 192.168.200.0/24")
     add = _verb(routes, "add", routes_create, "the same as create: routes add NET --via NODE")
     add.add_argument("network", metavar="NET")
     add.add_argument("--via", dest="node_id", required=True, metavar="NODE", help="the node ID that routes NET")
