@@ -42,16 +42,16 @@ class ElectorAgent(Daemon):
         if role != "master":
             self.status("replica: following the master record")
             return
-        snapshot = await self.link.state.snapshot()
-        own = snapshot.nodes.get(self.node_id)
+        state = self.link.state
+        own = await state.node(self.node_id)
         if own is None:
             return  # not a member yet
-        current = snapshot.master
+        current = await state.master()
         if current is None or (current.node_id == self.node_id and current.address != own.tunnel_address):
             epoch = (current.epoch if current else 0) + 1
-            await self.link.state.set_master(MasterRecord(self.node_id, own.tunnel_address, epoch))
+            await state.set_master(MasterRecord(self.node_id, own.tunnel_address, epoch))
             self.log.info("master record set: %s at %s, epoch %d", self.node_id, own.tunnel_address, epoch)
-        self.status(f"master record: {snapshot.master.node_id if snapshot.master else self.node_id}")
+        self.status(f"master record: {current.node_id if current else self.node_id}")
 
     async def shutdown(self) -> None:
         if hasattr(self, "link"):

@@ -69,6 +69,16 @@ def _timestamps(flat: list) -> dict[str, int]:
     return {k: int(float(v)) for k, v in _pairs(flat).items() if v.replace(".", "", 1).isdigit()}
 
 
+def _record_or_none(cls, fields: dict[str, str], what: str):
+    if not fields:
+        return None
+    try:
+        return cls.from_hash(fields)
+    except RecordError as exc:
+        log.warning("ignoring malformed %s record: %s", what, exc)
+        return None
+
+
 def _records(cls, rows: list, what: str) -> dict:
     found = {}
     for row in rows:
@@ -100,12 +110,7 @@ class State:
             keys.REV, keys.NODES, keys.PEERS, keys.AUTHORIZED, keys.ROUTES, keys.MASTER, keys.SEEN,
             keys.node(""), keys.peer(""), keys.handshakes(""),
         ])
-        master_fields = _pairs(master)
-        try:
-            master_record = MasterRecord.from_hash(master_fields) if master_fields else None
-        except RecordError as exc:
-            log.warning("ignoring malformed master record: %s", exc)
-            master_record = None
+        master_record = _record_or_none(MasterRecord, _pairs(master), "master")
         return Snapshot(
             rev=int(rev),
             nodes=_records(NodeRecord, nodes, "node"),
@@ -116,6 +121,13 @@ class State:
             seen=_timestamps(seen),
             handshakes={node_id: _timestamps(flat) for node_id, flat in handshakes if flat},
         )
+
+    async def node(self, node_id: str) -> NodeRecord | None:
+        """One node's record (None if unknown or malformed)."""
+        return _record_or_none(NodeRecord, await self.reader.hgetall(keys.node(node_id)), "node")
+
+    async def master(self) -> MasterRecord | None:
+        return _record_or_none(MasterRecord, await self.reader.hgetall(keys.MASTER), "master")
 
     async def revision(self) -> int:
         return int(await self.reader.get(keys.REV) or 0)

@@ -137,6 +137,16 @@ def test_sighup_reloads_the_firewall_without_touching_the_tunnels(cluster):
     wait_until(lambda: "-j DROP" in rules(), 10, "the firewall to isolate peers again")
     assert n3.ifindex() == index and n3.procs["heimdall-wg"].poll() is None
 
+def test_elector_restores_a_lost_master_record(cluster):
+    n1, n3 = cluster["nodes"][0], cluster["nodes"][2]
+    n1.redis("DEL", "heimdall:master")
+    wait_until(lambda: n1.redis("HGET", "heimdall:master", "node_id").strip() == n1.node_id, 10,
+               "heimdall-elector on the master to write the master record again")
+    assert n1.redis("HGET", "heimdall:master", "address").strip() == n1.tunnel_address
+    wait_until(lambda: n3.redis("HGET", "heimdall:master", "node_id").strip() == n1.node_id, 5,
+               "the record to replicate")
+    assert n3.redis("HGET", "heimdall:master", "node_id").strip() == n1.node_id
+
 def test_bad_joins_are_refused_and_change_nothing(cluster):
     n1, n2 = cluster["nodes"][:2]
     rev = n1.redis("GET", "heimdall:rev").strip()
