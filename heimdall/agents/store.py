@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from heimdall import cluster, identity
@@ -153,9 +154,23 @@ class StoreAgent(Daemon):
                 self.log.warning("cannot check the master: %s", exc)
 
     async def _watch_external(self) -> None:
-        while True:
-            self.progress()
-            await asyncio.sleep(self.config.heartbeat_interval)
+        """With --redis-url: report whether that Redis answers (its owner runs and replicates it)."""
+        reachable = None
+        async with aioredis.Redis.from_url(self.config.redis_url, socket_timeout=5) as client:
+            while True:
+                try:
+                    await client.ping()
+                    now = True
+                except (RedisError, OSError) as exc:
+                    now = False
+                    self.log.debug("external Redis: %s", exc)
+                if now != reachable:
+                    (self.log.info if now else self.log.error)("the Redis at --redis-url is %s",
+                                                               "reachable" if now else "unreachable")
+                    self.status(f"external Redis {'reachable' if now else 'unreachable'}")
+                    reachable = now
+                self.progress()
+                await asyncio.sleep(self.config.heartbeat_interval)
 
     async def shutdown(self) -> None:
         if self.server is not None:

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from heimdall.state import State
 from tests.integration.test_api import CLUSTER_KEY, NODE_ID, api_config, make_member
 from tests.support.redis_servers import PASSWORD, free_port
-from tests.unit.test_daemon_runtime import NotifySocket
+from tests.support.notify import NotifySocket
 
 pytestmark = pytest.mark.integration
 

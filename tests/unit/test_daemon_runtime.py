@@ -5,7 +5,6 @@ NOTIFY_SOCKET pointing at a datagram socket we read, exactly as systemd would.
 """
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,26 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.notify import NotifySocket
+
 SAMPLE = Path(__file__).resolve().parents[1] / "support" / "sample_daemon.py"
-
-
-class NotifySocket:
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.path = path
-
-    def messages_until(self, predicate, timeout=5.0) -> list[str]:
-        seen, deadline = [], time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                seen.append(self.sock.recv(4096).decode())
-            except socket.timeout:
-                break
-            if predicate(seen):
-                return seen
-        raise AssertionError(f"condition not met; got {seen}")
 
 
 @pytest.fixture
