@@ -25,10 +25,12 @@ def cluster(tmp_path_factory):
     with Lab() as lab:
         nodes = []
         try:
-            first = LabNode(lab.add_host("node1"), key, logs).start().wait_member()
+            # A short resync interval lets the drift-repair test run in seconds.
+            settings = {"resync-interval": "2"}
+            first = LabNode(lab.add_host("node1"), key, logs, settings=settings).start().wait_member()
             nodes.append(first)
             for name in ("node2", "node3"):
-                nodes.append(LabNode(lab.add_host(name), key, logs, join=first).start())
+                nodes.append(LabNode(lab.add_host(name), key, logs, join=first, settings=settings).start())
             for node in nodes:
                 node.wait_member()
             yield {"lab": lab, "nodes": nodes, "key": key, "logs": logs}
@@ -206,3 +208,40 @@ def test_killed_redis_on_a_replica_comes_back_and_resyncs(cluster):
     n1.redis("SET", "heimdall:probe", "after-restart")
     wait_until(lambda: n3.redis("GET", "heimdall:probe").strip() == "after-restart", 5, "replication of a new write")
     n1.redis("DEL", "heimdall:probe")
+
+
+def test_periodic_resync_repairs_a_peer_removed_by_hand(cluster):
+    n1, n2 = cluster["nodes"][:2]
+    n2.host.run(["wg", "set", "darknet", "peer", n1.public_key, "remove"])
+    assert n1.public_key not in n2.wg_peers()
+    wait_until(lambda: n1.public_key in n2.wg_peers() and n2.pings(n1.tunnel_address), 10,
+               "the periodic resync to put the removed peer back")
+
+
+def test_redis_outage_keeps_tunnels_and_changes_arrive_after_it(cluster):
+    n1, n2, n3 = cluster["nodes"][:3]
+    network = "192.168.201.0/24"
+    flow = PingFlow(n1.host, n3.tunnel_address, 6, cluster["logs"] / "flow-outage.log")
+    n3.signal_daemon("heimdall-store")  # SIGTERM: redis-server stops with it
+    hctl = n1.host.run([str(BIN / "hctl"), "routes", "create", "--node-id", n2.node_id, "--network", network])
+    assert hctl.returncode == 0
+    assert all_ping(cluster["nodes"][:3]), "a tunnel dropped while a node's Redis was down"
+    assert network not in sum(n3.wg_peers().values(), [])
+    n3.start_daemon("heimdall-store")
+    wait_until(lambda: network in n3.wg_peers()[n2.public_key], 15,
+               "node3 to apply the change made while its Redis was down")
+    sent, received = flow.wait()
+    assert sent == received, f"lost {sent - received} of {sent} packets around the Redis outage"
+    n1.host.run([str(BIN / "hctl"), "routes", "delete", network])
+
+
+def test_a_restarted_node_keeps_its_identity_and_subnet(cluster):
+    n3 = cluster["nodes"][2]
+    before = (n3.node_id, n3.membership()["subnet"], n3.ifindex())
+    subnets = n3.redis("HGETALL", "heimdall:ipam:node-subnets")
+    n3.stop()
+    n3.start().wait_member()
+    wait_until(lambda: all_ping(cluster["nodes"]), 20, "the restarted node to rejoin the mesh")
+    assert (n3.node_id, n3.membership()["subnet"], n3.ifindex()) == before
+    wait_until(lambda: replicating(n3, cluster["nodes"][0]), 10, "node3's Redis to replicate again")
+    assert n3.redis("HGETALL", "heimdall:ipam:node-subnets") == subnets  # nothing new allocated
