@@ -86,21 +86,34 @@ def node_desired(snapshot: Snapshot, node_id: str, own_public_key: str, peer_net
     return Desired(addresses, frozenset(kernel_routes), peers)
 
 
-def peer_view(snapshot: Snapshot, peer_id: str, via_node_id: str, peer_network: str,
-              allow_peer_to_peer: bool) -> PeerView | None:
+def peer_hub(snapshot: Snapshot) -> str | None:
+    """The node all peer-to-peer traffic goes through: the master's, else the oldest usable node.
+
+    A peer's WireGuard accepts a source address from one entry only, so the
+    sender's and the receiver's entries for the peer network must name the same
+    node: one hub for every peer, whichever node each one's control stream is on.
+    """
+    usable = [n.id for n in snapshot.oldest_first() if _usable(n)]
+    if snapshot.master is not None and snapshot.master.node_id in usable:
+        return snapshot.master.node_id
+    return usable[0] if usable else None
+
+
+def peer_view(snapshot: Snapshot, peer_id: str, peer_network: str, allow_peer_to_peer: bool) -> PeerView | None:
     """A peer's interface, or None if the peer is not (or no longer) connected and authorized.
 
-    With peer-to-peer traffic on, the whole peer network goes to the node the
-    peer is connected to (WireGuard routes each address to exactly one entry).
+    With peer-to-peer traffic on, the whole peer network goes to the hub node
+    (:func:`peer_hub`; WireGuard routes each address to exactly one entry).
     """
     peer = snapshot.peers.get(peer_id)
     if peer is None or peer_id not in snapshot.authorized or not _usable(peer):
         return None
     routes = _routes_by_node(snapshot)
+    hub = peer_hub(snapshot) if allow_peer_to_peer else None
     entries: dict[str, WgPeer] = {}
     nodes = [n for n in snapshot.oldest_first() if _usable(n)]
     for node in nodes:
-        extra = [str(ipaddress.ip_network(peer_network))] if allow_peer_to_peer and node.id == via_node_id else []
+        extra = [str(ipaddress.ip_network(peer_network))] if node.id == hub else []
         entries[node.public_key] = _node_entry(node, [*routes[node.id], *extra], PEER_KEEPALIVE)
     return PeerView(
         address=f"{peer.address}/32",

@@ -109,6 +109,20 @@ def _master(snapshot: Snapshot) -> pb.Master | None:
     return pb.Master(node_id=master.node_id, address=master.address, epoch=master.epoch) if master else None
 
 
+def _known_peer(snapshot: Snapshot, peer_id: str, name: str, public_key: str) -> bool:
+    """The peer is connected under this name and bound to this key already: its Connect has nothing to write.
+
+    A reconnect (fail-over, restart of heimdall-peer) then needs no master, so a
+    peer whose node died moves to any node whose replica knows it, even when the
+    dead node held the master; and it wakes no other node. The local replica may
+    lag the master by a moment: a deauthorization it has not seen yet ends the
+    Watch stream as soon as it arrives.
+    """
+    peer = snapshot.peers.get(peer_id)
+    return (peer is not None and (peer.name, peer.public_key) == (name, public_key)
+            and snapshot.authorized.get(peer_id) == public_key)
+
+
 def _optional_key(field: str, value: str) -> str:
     return auth.validate_public_key(field, value) if value else ""
 
@@ -212,8 +226,7 @@ class HeimdallService:
         peer = snapshot.peers.get(peer_id)
         if peer is None or peer.public_key != public_key or snapshot.authorized.get(peer_id) not in ("", public_key):
             return None
-        view = topology.peer_view(snapshot, peer_id, self.node_id, str(self.config.peer_network),
-                                  self.config.allow_peer_to_peer)
+        view = topology.peer_view(snapshot, peer_id, str(self.config.peer_network), self.config.allow_peer_to_peer)
         if view is None:
             return None
         return pb.PeerConfig(
@@ -226,12 +239,14 @@ class HeimdallService:
         peer_id = auth.validate_id("peer_id", request.peer_id)
         name = auth.validate_name("name", request.name)
         public_key = auth.validate_public_key("public_key", request.public_key)
-        state = self._link.state
-        try:
-            await state.connect_peer(peer_id, name=name, public_key=public_key, pool=self._peer_pool)
-        except Denied as exc:
-            raise ApiError(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
-        snapshot = await self._caught_up(state)
+        snapshot = await self._read()
+        if not _known_peer(snapshot, peer_id, name, public_key):
+            state = self._link.state
+            try:
+                await state.connect_peer(peer_id, name=name, public_key=public_key, pool=self._peer_pool)
+            except Denied as exc:
+                raise ApiError(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
+            snapshot = await self._caught_up(state)
         config = self.peer_config(snapshot, peer_id, public_key)
         if config is None:  # deauthorized in the meantime
             raise ApiError(grpc.StatusCode.PERMISSION_DENIED, f"peer {peer_id} is not authorized")

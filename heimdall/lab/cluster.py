@@ -1,13 +1,16 @@
-"""Heimdall gateway nodes on simulated hosts: config, daemons, and what tests look at.
+"""Heimdall gateway nodes and access-only peers on simulated hosts: config, daemons, what tests look at.
 
 Each LabNode writes its host's /etc/heimdall (config + cluster key, 0600), then
 runs the real daemons (the venv's console scripts) on that host, one log file
-per daemon. Shared by the integration tests, the demo and the benchmarks.
+per daemon; a LabPeer does the same for heimdall-peer. Shared by the
+integration tests, the demo and the benchmarks.
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import re
 import secrets
 import signal
 import subprocess
@@ -23,6 +26,7 @@ from heimdall.wg import keys
 NODE_DAEMONS = ("heimdall-store", "heimdall-wg", "heimdall-api", "heimdall-elector")
 IFNAME = "darknet"
 REDIS_PORT = 16379
+OPERATOR_SOCKET = "/run/heimdall/api.sock"
 BIN = Path(sys.executable).parent
 
 
@@ -84,6 +88,7 @@ class LabNode(_OnHost):
         self.join = join
         self.settings = settings or {}
         self.procs: dict[str, subprocess.Popen] = {}
+        self.starts: dict[str, int] = {}  # how many times each daemon was started (logs are appended to)
         self._write_config()
 
     def _write_config(self) -> None:
@@ -105,6 +110,7 @@ class LabNode(_OnHost):
     def start_daemon(self, daemon: str) -> subprocess.Popen:
         proc = self.host.spawn([str(BIN / daemon)], log=self.log_dir / f"{self.name}.{daemon}.log")
         self.procs[daemon] = proc
+        self.starts[daemon] = self.starts.get(daemon, 0) + 1
         return proc
 
     def signal_daemon(self, daemon: str, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
@@ -164,6 +170,21 @@ class LabNode(_OnHost):
             dump.append(key + "\n" + self.redis(command, key))
         return "\n".join(dump)
 
+    def api(self, method: str, request):
+        """Call ``method`` of this node's API over its operator socket, from outside the host.
+
+        Without a CLI starting up first, so benchmarks time the call itself.
+        """
+        from heimdall.api import client
+        from heimdall.api.v1 import heimdall_pb2_grpc
+
+        async def call():
+            async with client.dial(f"unix://{self.host.path(OPERATOR_SOCKET)}") as channel:
+                stub = heimdall_pb2_grpc.HeimdallStub(channel)
+                return await getattr(stub, method)(request, timeout=client.CALL_TIMEOUT)
+
+        return asyncio.run(call())
+
     def hctl(self, *args: str) -> subprocess.CompletedProcess:
         """Run ``hctl ARGS`` on this node's host (over its operator socket unless ARGS say otherwise)."""
         return self.host.run([str(BIN / "hctl"), *args], check=False)
@@ -177,6 +198,13 @@ class LabNode(_OnHost):
     def wait_member(self, timeout: float = 30) -> LabNode:
         wait_until(lambda: self._alive() and self.membership() is not None, timeout,
                    f"{self.name} to become a member\n{self.logs()}")
+        return self
+
+    def wait_serving(self, timeout: float = 30) -> LabNode:
+        """Wait until the last heimdall-api started serves (once the local Redis holds this node's record)."""
+        started = self.starts["heimdall-api"]
+        wait_until(lambda: self._alive() and self.log("heimdall-api").count("serving on") >= started, timeout,
+                   f"{self.name}'s API to serve\n{self.logs()}")
         return self
 
     def _alive(self) -> bool:
@@ -196,10 +224,10 @@ class LabPeer(_OnHost):
         self.peer_id = peer_id
         self.log_dir = log_dir
         self.proc: subprocess.Popen | None = None
-        conf = {"id": peer_id, "name": host.name, "debug": "true", "update-interval": "30", **(settings or {})}
-        lines = [f"{k} = {v}\n" for k, v in conf.items()]
-        lines += [f"node-addr = {node_addr(n)}\n" for n in nodes]
-        self.host.path("/etc/heimdall/heimdall.conf").write_text("".join(lines))
+        # A repeatable option is one line holding a list: a repeated line would keep only the last value.
+        conf = {"id": peer_id, "name": host.name, "debug": "true", "update-interval": "30",
+                "node-addr": f"[{', '.join(node_addr(n) for n in nodes)}]", **(settings or {})}
+        self.host.path("/etc/heimdall/heimdall.conf").write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
 
     def start(self) -> LabPeer:
         self.proc = self.host.spawn([str(BIN / "heimdall-peer")], log=self.log_dir / f"{self.name}.heimdall-peer.log")
@@ -217,9 +245,14 @@ class LabPeer(_OnHost):
     def logs(self) -> str:
         return f"--- {self.name} heimdall-peer ---\n{self.log()[-4000:]}"
 
-    def connections(self, node: LabNode) -> int:
-        """How many times heimdall-peer has connected its control stream to ``node``."""
-        return self.log().count(f"connected to {node_addr(node)}")
+    def connections(self) -> list[str]:
+        """The nodes (gRPC addresses) heimdall-peer connected its control stream to, in order."""
+        return re.findall(r"heimdall-peer: connected to (\S+)$", self.log(), re.M)
+
+    def restart(self) -> None:
+        """Stop heimdall-peer and start it again: it reconnects to its first node (the tunnels stay up)."""
+        self.stop()
+        self.start()
 
     @property
     def address(self) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,19 @@ class PingFlow:
     def reply_times(self) -> list[float]:
         """The unix times replies arrived at, so far."""
         return [float(t) for t in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", self.log.read_text(), re.M)]
+
+    def unanswered_by(self) -> float:
+        """A unix time by which the path had stopped answering (for a flow that ended without answers).
+
+        The last reply plus the spacing of the probes: the first probe left no
+        later than that and was never answered (nor was any after it). An upper
+        bound, too late by at most one spacing, never too early.
+        """
+        times = self.reply_times()
+        if len(times) < 2:
+            raise RuntimeError(f"too few answers in {self.log} to time the end")
+        spacing = statistics.median(b - a for a, b in zip(times, times[1:]))
+        return times[-1] + spacing
 
 
 @dataclass(frozen=True)

@@ -87,15 +87,9 @@ def test_no_secret_in_any_redis_and_redis_not_on_the_underlay(cluster):
     nodes = cluster["nodes"]
     secrets = {cluster["key"]}
     for node in nodes:
-        private = node.host.path("/var/lib/heimdall/wireguard.key").read_text().strip()
-        secrets |= {private, base64.b64decode(private).hex()}
+        secrets |= {node.private_key, base64.b64decode(node.private_key).hex()}
     for node in nodes:
-        dump = []
-        for k in node.redis("--scan").split():
-            kind = node.redis("TYPE", k).strip()
-            command = {"hash": ["HGETALL"], "set": ["SMEMBERS"], "string": ["GET"]}[kind]
-            dump.append(k + "\n" + node.redis(*command, k))
-        text = "\n".join(dump)
+        text = node.redis_dump()
         assert "heimdall:rev" in text
         for secret in secrets:
             assert secret not in text

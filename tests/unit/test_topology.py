@@ -1,6 +1,8 @@
 """Desired WireGuard state derived from a snapshot."""
-from heimdall.state.records import NodeRecord, PeerRecord, Snapshot
-from heimdall.topology import node_desired, peer_view
+from dataclasses import replace
+
+from heimdall.state.records import MasterRecord, NodeRecord, PeerRecord, Snapshot
+from heimdall.topology import node_desired, peer_hub, peer_view
 
 K = {n: (chr(ord("A") + n) * 43)[:43] + "=" for n in range(6)}
 
@@ -40,17 +42,25 @@ def test_node_unknown_to_the_snapshot_has_no_address_yet():
     assert node_desired(Snapshot(), "n9", K[1], "10.51.0.0/16").addresses == frozenset()
 
 
-def test_peer_view_reaches_every_node_and_peer_network_only_via_its_node():
-    view = peer_view(SNAP, "p4", "n2", "10.51.0.0/16", allow_peer_to_peer=True)
+def test_peer_view_reaches_every_node_and_the_peer_network_through_the_master_only():
+    snap = replace(SNAP, master=MasterRecord("n2", "10.129.0.1", 1))
+    view = peer_view(snap, "p4", "10.51.0.0/16", allow_peer_to_peer=True)
     assert view.address == "10.51.0.1/32"
     assert view.peers[K[2]].allowed_ips == ("10.129.0.0/16", "10.200.0.0/24", "10.51.0.0/16")
     assert view.peers[K[1]].allowed_ips == ("10.128.0.0/16",)
     assert all(p.persistent_keepalive == 25 for p in view.peers.values())
     assert view.dns_servers == ("10.128.0.1", "10.129.0.1", "10.130.0.1")
-    assert peer_view(SNAP, "p4", "n2", "10.51.0.0/16", False).peers[K[2]].allowed_ips == (
+    assert peer_view(snap, "p4", "10.51.0.0/16", False).peers[K[2]].allowed_ips == (
         "10.129.0.0/16", "10.200.0.0/24")
 
 
+def test_every_peer_uses_one_hub_the_master_else_the_oldest_node():
+    assert peer_hub(replace(SNAP, master=MasterRecord("n3", "10.130.0.1", 4))) == "n3"
+    assert peer_hub(SNAP) == "n1"  # no master record
+    assert peer_hub(replace(SNAP, master=MasterRecord("gone", "10.1.0.1", 2))) == "n1"
+    assert peer_hub(Snapshot()) is None
+
+
 def test_deauthorized_or_unknown_peer_has_no_view():
-    assert peer_view(SNAP, "p5", "n1", "10.51.0.0/16", False) is None
-    assert peer_view(SNAP, "nobody", "n1", "10.51.0.0/16", False) is None
+    assert peer_view(SNAP, "p5", "10.51.0.0/16", False) is None
+    assert peer_view(SNAP, "nobody", "10.51.0.0/16", False) is None
