@@ -25,7 +25,6 @@ from heimdall.lab.tunnels import PingFlow
 CHANGES = 60  # each is a route added then removed: 2 revisions
 SPACING = 0.25
 IDLE_SECONDS = 30
-APPLIED = re.compile(r"^(\S+ \S+) INFO +heimdall-wg: applied rev (\d+)", re.M)
 
 WRITER = """
 import asyncio, json, sys, time
@@ -56,12 +55,33 @@ def progress(text: str) -> None:
     print(f"[bench] {text}", file=sys.stderr, flush=True)
 
 
-def applied_times(node: LabNode) -> dict[int, float]:
-    """rev -> unix time heimdall-wg logged it applied (its log lines carry ms timestamps)."""
+def write_routes(master: LabNode, via: LabNode) -> dict[int, float]:
+    """CHANGES routes via ``via`` created and deleted on ``master``'s Redis, SPACING s apart; rev -> unix time
+    each write began."""
+    out = master.host.run([sys.executable, "-c", WRITER, master.cluster_key, via.node_id, str(CHANGES),
+                           str(SPACING)], timeout=CHANGES * 2 * SPACING + 60).stdout
+    return {int(k): v for k, v in json.loads(out).items()}
+
+
+def applied_times(log: str, program: str = "heimdall-wg") -> dict[int, float]:
+    """rev -> unix time ``program`` logged it applied (its log lines carry ms timestamps)."""
     found = {}
-    for stamp, rev in APPLIED.findall(node.log("heimdall-wg")):
+    for stamp, rev in re.findall(rf"^(\S+ \S+) INFO +{program}: applied rev (\d+)", log, re.M):
         found[int(rev)] = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
     return found
+
+
+def latencies_ms(written: dict[int, float], applied: list[dict[int, float]]) -> list[float]:
+    """For each revision written: ms until every host (one ``applied_times`` each) had applied it."""
+    latencies = []
+    for rev, at in written.items():
+        ends = [a.get(rev) for a in applied]
+        if None in ends:  # a later revision may have been applied in the same pass
+            ends = [a.get(rev) or min((t for r, t in a.items() if r >= rev), default=None) for a in applied]
+        if None in ends:
+            raise RuntimeError(f"revision {rev} was never applied on some host")
+        latencies.append((max(ends) - at) * 1000)
+    return latencies
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -124,24 +144,14 @@ def run() -> None:
             flows = [PingFlow(nodes[0].host, nodes[1].tunnel_address, seconds, logs / "f01.log"),
                      PingFlow(nodes[1].host, nodes[2].tunnel_address, seconds, logs / "f12.log"),
                      PingFlow(nodes[3].host, nodes[0].tunnel_address, seconds, logs / "f30.log")]
-            out = first.host.run([sys.executable, "-c", WRITER, key, nodes[1].node_id, str(CHANGES), str(SPACING)],
-                                 timeout=CHANGES * 2 * SPACING + 60).stdout
-            written = {int(k): v for k, v in json.loads(out).items()}
+            written = write_routes(first, nodes[1])
             lost = 0
             for flow in flows:
                 sent, received = flow.wait()
                 lost += sent - received
             time.sleep(1)
             # The node a route points to has nothing to change for it; every other node does.
-            applied = [applied_times(n) for n in nodes if n is not nodes[1]]
-            latencies = []
-            for rev, at in written.items():
-                ends = [a.get(rev) for a in applied]
-                if None in ends:  # a later revision may have been applied in the same pass
-                    ends = [a.get(rev) or min((t for r, t in a.items() if r >= rev), default=None) for a in applied]
-                if None in ends:
-                    raise RuntimeError(f"revision {rev} was never applied on some node")
-                latencies.append((max(ends) - at) * 1000)
+            latencies = latencies_ms(written, [applied_times(n.log("heimdall-wg")) for n in nodes if n is not nodes[1]])
         finally:
             for node in nodes:
                 node.stop()
