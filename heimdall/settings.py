@@ -11,6 +11,7 @@ typo in it is an error anywhere; ``--help`` shows only the program's own.
 from __future__ import annotations
 
 import argparse
+import io
 import ipaddress
 import os
 import re
@@ -213,8 +214,9 @@ SETTINGS: tuple[Setting, ...] = (
             NODE | PEER),
     Setting("heartbeat-interval", positive_float, "2", "seconds between liveness heartbeats", NODE),
     # -- API
-    Setting("addr", grpc_address, "tcp://0.0.0.0:9000", "gRPC listen address (node) or the node to talk to (hctl)",
-            NODE | CLI, short="-a"),
+    Setting("addr", grpc_address, "tcp://0.0.0.0:9000",
+            "gRPC listen address (node) or the node to talk to (hctl; peer: the original hpeer flag, "
+            "same as one --node-addr)", NODE | PEER | CLI, short="-a"),
     Setting("advertise-grpc-address", grpc_address, "", "gRPC address other hosts should use for this node", NODE),
     Setting("operator-socket", path, "/run/heimdall/api.sock", "root-only unix socket for local operator commands",
             NODE | CLI),
@@ -256,6 +258,32 @@ class Config:
             raise AttributeError(item) from None
 
 
+class _ConfigFileParser(configargparse.DefaultConfigFileParser):
+    """The default syntax, but a setting given on two lines is never silently half-ignored:
+    lines of a repeatable setting add up (like repeated flags), any other repeat is an error."""
+
+    def parse(self, stream):
+        repeatable = {s.name for s in SETTINGS if s.repeat}
+        name = getattr(stream, "name", "stream")
+        merged: dict[str, Any] = {}
+        for number, line in enumerate(stream, 1):
+            one = io.StringIO(line)
+            one.name = name
+            for key, value in super().parse(one).items():
+                if key not in merged:
+                    merged[key] = value
+                elif key in repeatable:
+                    merged[key] = _as_list(merged[key]) + _as_list(value)
+                else:
+                    raise configargparse.ConfigFileParserException(
+                        f"{name} line {number}: '{key}' is set a second time")
+        return merged
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
 class _Parser(configargparse.ArgParser):
     def error(self, message: str):  # argparse would print and exit 2; we decide the exit code
         raise ConfigError(message)
@@ -274,6 +302,7 @@ def build_parser(program: str, files: list[Path]) -> _Parser:
         usage=f"{program} [options]",
         description=f"{program}: part of Heimdall, a WireGuard private network for gateway fleets.",
         formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
+        config_file_parser_class=_ConfigFileParser,
         epilog=f"Every option can also be set as {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}DATA_DIR) "
         f"or as 'option = value' in {files[0]} or {files[-1]}. Precedence: flag > environment > file > default.",
     )
@@ -293,8 +322,21 @@ def build_parser(program: str, files: list[Path]) -> _Parser:
     return parser
 
 
-def _cross_check(values: dict[str, Any]) -> None:
+def peer_node_addresses(values: dict[str, Any]) -> list[str]:
+    """The nodes a peer may connect to: --node-addr, then --addr when set (its default is a
+    node's listen address, never a destination)."""
+    extra = [values["addr"]] if values["addr"] != _default("addr") else []
+    return list(dict.fromkeys([*values["node_addr"], *extra]))
+
+
+def _default(name: str) -> Any:
+    return next(s.default for s in SETTINGS if s.name == name)
+
+
+def _cross_check(program: str, values: dict[str, Any]) -> None:
     """Checks that involve several options."""
+    if program in PEER and not peer_node_addresses(values):
+        raise ConfigError("--node-addr: no node to connect to; set --node-addr tcp://NODE:9000 (repeatable)")
     pool, prefix, peers = values["node_network"], values["node_subnet_prefix"], values["peer_network"]
     if prefix < pool.prefixlen:
         raise ConfigError(f"--node-subnet-prefix /{prefix} is larger than --node-network {pool}")
@@ -357,7 +399,7 @@ def load(program: str, argv: list[str] | None = None) -> tuple[Config, bool]:
             values[s.dest] = []
     if not values["name"]:
         values["name"] = _hostname()
-    _cross_check(values)
+    _cross_check(program, values)
     return Config(program, values, tuple(f for f in files if f.exists())), check_only
 
 

@@ -13,17 +13,18 @@ import ipaddress
 
 import grpc
 
-from heimdall import identity
+from heimdall import identity, settings
 from heimdall.api.v1 import heimdall_pb2, heimdall_pb2_grpc
 from heimdall.daemon import Daemon
 from heimdall.reconciler import apply_desired
-from heimdall.settings import ConfigError
 from heimdall.topology import Desired
 from heimdall.wg import keys, make_backend
 from heimdall.wg.model import WgPeer, WireGuardError
 
 CONNECT_TIMEOUT = 5.0
+BACKOFF_FIRST = 0.2  # between unreachable nodes, doubling up to BACKOFF_MAX
 BACKOFF_MAX = 5.0
+AUTHORIZATION_POLL = 1.0  # a refused peer asks again this often: an operator may authorize it any moment
 
 
 class PushedConfigError(ValueError):
@@ -53,11 +54,10 @@ class PeerAgent(Daemon):
         super().__init__(config, config_loader)
         self.desired: Desired | None = None
         self.learned: list[str] = []
+        self.backoff = BACKOFF_FIRST
 
     async def start(self) -> None:
         c = self.config
-        if not c.node_addr:
-            raise ConfigError("no node to connect to: set --node-addr tcp://NODE:9000 (repeatable)")
         self.peer_id = identity.host_id(c.data_dir, c.id)
         private_key = identity.private_key(c.data_dir)
         self.public_key = keys.public_key(private_key)
@@ -70,13 +70,12 @@ class PeerAgent(Daemon):
         return [self._session(), self._resync()]
 
     def _candidates(self) -> list[str]:
-        return list(dict.fromkeys([*self.config.node_addr, *self.learned]))
+        return list(dict.fromkeys([*settings.peer_node_addresses(self.config.values), *self.learned]))
 
     async def _session(self) -> None:
         """Stay connected to some node; each failure moves on to the next candidate."""
         from heimdall.api import client as api_client
 
-        delay = 0.2
         index = 0
         while True:
             candidates = self._candidates()
@@ -84,22 +83,24 @@ class PeerAgent(Daemon):
             try:
                 async with api_client.dial(address, api_client.TlsOptions.from_config(self.config)) as channel:
                     await self._follow(heimdall_pb2_grpc.HeimdallStub(channel), address)
-                delay = 0.2  # the node ended the stream: ask again at once (Connect tells whether we still may)
+                continue  # the node ended the stream: ask again at once (Connect tells whether we still may)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
                     await self._cut_off(exc.details())
+                    wait = AUTHORIZATION_POLL
                 else:
                     self.log.warning("node %s: %s (%s); trying the next node", address, exc.code().name,
                                      exc.details())
                     index += 1
                     self.status(f"no node reachable at {address}: trying the next one")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
+                    wait, self.backoff = self.backoff, min(self.backoff * 2, BACKOFF_MAX)
+            await asyncio.sleep(wait)
 
     async def _follow(self, stub, address: str) -> None:
         answer = await stub.Connect(heimdall_pb2.ConnectRequest(peer_id=self.peer_id, name=self.config.name,
                                                                 public_key=self.public_key), timeout=CONNECT_TIMEOUT)
         self.log.info("connected to %s", address)
+        self.backoff = BACKOFF_FIRST
         await self._apply(answer.config, address)
         async for pushed in stub.Watch(heimdall_pb2.WatchRequest(peer_id=self.peer_id, public_key=self.public_key)):
             await self._apply(pushed, address)

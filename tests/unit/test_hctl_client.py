@@ -38,7 +38,8 @@ def test_no_tls_setting_means_plaintext(tmp_path):
 @pytest.mark.parametrize("flags", [("-c", "/c.pem", "-k", "/c.key"), ("--client-cert", "/c.pem", "--client-key", "/c.key")])
 def test_hctl_and_peers_present_their_client_certificate(tmp_path, flags):
     for program in ("hctl", "heimdall-peer"):
-        tls = client.TlsOptions.from_config(load(program, tmp_path, *flags, "--ca-cert", "/ca.pem"))
+        tls = client.TlsOptions.from_config(load(program, tmp_path, *flags, "--ca-cert", "/ca.pem",
+                                                 "--node-addr", "tcp://192.0.2.1:9000"))
         assert (tls.ca_cert, tls.cert, tls.key) == (Path("/ca.pem"), Path("/c.pem"), Path("/c.key")) and tls.enabled
 
 

@@ -116,7 +116,17 @@ def test_explicit_config_file_replaces_the_shared_one(config_dir, tmp_path):
 
 @pytest.mark.parametrize("program", sorted(settings.PROGRAMS))
 def test_example_config_is_valid_for_every_program(config_dir, program):
+    program_example = EXAMPLE.with_name(f"{program}.conf")  # e.g. a peer's node addresses
+    if program_example.exists():
+        (config_dir / program_example.name).write_text(program_example.read_text())
     assert settings.load(program, ["--config", str(EXAMPLE)])[0].interface_name == "darknet"
+
+
+def test_a_peer_without_a_node_to_connect_to_is_refused(config_dir):
+    with pytest.raises(settings.ConfigError, match="--node-addr: no node to connect to"):
+        settings.load("heimdall-peer", [])
+    assert settings.peer_node_addresses(settings.load("heimdall-peer", ["-a", "tcp://192.0.2.9:9000"])[0].values) == [
+        "tcp://192.0.2.9:9000"]
 
 
 def test_not_built_programs_say_so_and_exit_2(config_dir, capsys):
@@ -128,3 +138,17 @@ def test_help_shows_only_the_programs_own_options(config_dir):
     peer_help = settings.build_parser("heimdall-peer", settings.config_files("heimdall-peer")).format_help()
     assert "--node-addr" in peer_help and "--redis-port" not in peer_help
     assert "HEIMDALL_" in peer_help
+
+
+def test_repeatable_setting_on_several_lines_adds_up(tmp_path):
+    conf = tmp_path / "peer.conf"
+    conf.write_text("node-addr = tcp://192.0.2.1:9000\nnode-addr = [tcp://192.0.2.2:9000, tcp://192.0.2.3:9000]\n")
+    config, _ = settings.load("heimdall-peer", ["--config", str(conf)])
+    assert config.node_addr == ["tcp://192.0.2.1:9000", "tcp://192.0.2.2:9000", "tcp://192.0.2.3:9000"]
+
+
+def test_other_settings_set_twice_in_a_file_are_refused_with_the_line(tmp_path):
+    conf = tmp_path / "heimdall.conf"
+    conf.write_text("# comment\nredis-port = 1\nredis-port = 2\n")
+    with pytest.raises(settings.ConfigError, match=r"line 3: 'redis-port' is set a second time"):
+        settings.load("heimdall-store", ["--config", str(conf)])
