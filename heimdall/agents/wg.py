@@ -16,7 +16,7 @@ import time
 from redis.exceptions import RedisError
 
 from heimdall import cluster, firewall, identity, uplink
-from heimdall.daemon import Daemon
+from heimdall.daemon import Daemon, watchdog_interval
 from heimdall.identity import Membership
 from heimdall.reconciler import apply_desired
 from heimdall.state import MasterRecord, NodeRecord, Pool, Snapshot, StateError
@@ -29,6 +29,8 @@ from heimdall.wg.model import WireGuardError
 BACKOFF_MAX = 5.0
 MEMBER_WAIT = 0.2
 FIRST_READ_TIMEOUT = 2.0
+HANDSHAKE_EVERY = 5  # heartbeats
+IDLE_WAKE = 5.0  # seconds the reconcile loop sleeps at most when idle (less when the watchdog needs it)
 
 
 class WgAgent(Daemon):
@@ -144,9 +146,10 @@ class WgAgent(Daemon):
 
     async def _reconciler(self) -> None:
         """The main work loop (it alone feeds the watchdog): apply the latest snapshot when marked."""
+        idle = min(IDLE_WAKE, (watchdog_interval() or IDLE_WAKE) / 2)
         while True:
             try:
-                await asyncio.wait_for(self.dirty.wait(), timeout=1.0)
+                await asyncio.wait_for(self.dirty.wait(), timeout=idle)
             except asyncio.TimeoutError:
                 pass
             self.progress()
@@ -192,23 +195,27 @@ class WgAgent(Daemon):
                 self.log.error("firewall resync failed: %s", exc)
 
     async def _heartbeat(self) -> None:
-        """Liveness for the elector and `hctl status`: our heartbeat, and our WireGuard handshake
-        times when they change (both written to the master without a change event)."""
+        """Liveness for the elector and `hctl status`: our heartbeat every beat, our WireGuard
+        handshake times every few beats when they changed (written to the master, no change event)."""
         reported: dict[str, int] | None = None
+        beat = 0
         while True:
             try:
                 if self.latest is not None:  # until a snapshot names the master, writes would go nowhere
-                    state = self.link.state
-                    await state.heartbeat(self.node_id, time.time())
-                    device = await asyncio.to_thread(self.backend.device)
-                    handshakes = {key: int(status.last_handshake) for key, status in device.peers.items()
-                                  if status.last_handshake}
-                    if handshakes != reported:
-                        await state.report_handshakes(self.node_id, handshakes)
-                        reported = handshakes
+                    await self.link.state.heartbeat(self.node_id, time.time())
+                    if beat % HANDSHAKE_EVERY == 0:  # handshakes renew every 2 minutes: no need to look often
+                        reported = await self._report_handshakes(reported)
+                    beat += 1
             except (RedisError, OSError, WireGuardError) as exc:
                 self.log.debug("heartbeat failed: %s", exc)
             await asyncio.sleep(self.config.heartbeat_interval)
+
+    async def _report_handshakes(self, reported: dict[str, int] | None) -> dict[str, int]:
+        device = await asyncio.to_thread(self.backend.device)
+        handshakes = {key: int(status.last_handshake) for key, status in device.peers.items() if status.last_handshake}
+        if handshakes != reported:
+            await self.link.state.report_handshakes(self.node_id, handshakes)
+        return handshakes
 
     async def reload(self, config) -> None:
         """SIGHUP: new timers and firewall settings apply at once; interface and identity need a restart."""
