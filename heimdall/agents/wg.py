@@ -11,11 +11,17 @@ state: tunnels never drop because the control plane is away.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+import sys
 import time
+from pathlib import Path
 
 from redis.exceptions import RedisError
 
 from heimdall import cluster, firewall, identity, uplink
+from heimdall.api import join
+from heimdall.api.tls import TlsOptions
 from heimdall.daemon import Daemon, watchdog_interval
 from heimdall.identity import Membership
 from heimdall.reconciler import apply_desired
@@ -106,34 +112,41 @@ class WgAgent(Daemon):
 
     async def _join(self) -> Membership:
         """Join through an existing node's API; bring up tunnels to every node at once from its answer."""
-        # Imported here: gRPC costs ~10 MB of memory, and only a node that has never joined needs it.
-        from heimdall.api import client as api_client
-
         self.status(f"joining the cluster via {self.config.peer}")
         delay = MEMBER_WAIT
         while True:
-            try:
-                answer = await api_client.join(
-                    self.config.peer, self.cluster_key, node_id=self.node_id, name=self.config.name,
-                    public_key=self.public_key, endpoint=self.endpoint, grpc_address=self.grpc_address,
-                    tls=api_client.TlsOptions.from_config(self.config))
+            status, answer, reason = await self._join_in_child()
+            if status == join.REFUSED:
+                raise SystemExit(f"join refused by {self.config.peer}: {reason}")
+            if status == 0:
                 break
-            except api_client.JoinRefused as exc:
-                raise SystemExit(f"join refused by {self.config.peer}: {exc}") from None
-            except api_client.ApiUnavailable as exc:
-                self.log.warning("cannot reach %s (%s); retrying in %.1f s", self.config.peer, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
-        nodes = {n.id: NodeRecord(id=n.id, name=n.name, public_key=n.public_key, endpoint=n.endpoint,
-                                  subnet=n.subnet, grpc_address=n.grpc_address, joined_at=n.joined_at)
-                 for n in answer.nodes}
+            self.log.warning("cannot join via %s (%s); retrying in %.1f s", self.config.peer, reason, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+        nodes = {n["id"]: NodeRecord(**n) for n in answer["nodes"]}
         # The local Redis has no data until it replicates, which needs the tunnel: apply the answer now.
         await self._apply(Snapshot(rev=0, nodes=nodes))
-        membership = Membership(self.node_id, answer.subnet, answer.master.node_id, answer.master.address)
+        master = answer["master"]
+        membership = Membership(self.node_id, answer["subnet"], master["node_id"], master["address"])
         membership.save(self.config.data_dir)
-        self.log.info("joined: subnet %s, master %s at %s", answer.subnet, answer.master.node_id,
-                      answer.master.address)
+        self.log.info("joined: subnet %s, master %s at %s", answer["subnet"], master["node_id"], master["address"])
         return membership
+
+    async def _join_in_child(self) -> tuple[int, dict | None, str]:
+        """(exit status, answer, reason) of one join attempt by ``python -m heimdall.api.join``."""
+        request = {"address": self.config.peer, "cluster_key": self.cluster_key.decode(), "node_id": self.node_id,
+                   "name": self.config.name, "public_key": self.public_key, "endpoint": self.endpoint,
+                   "grpc_address": self.grpc_address,
+                   "tls": {k: str(v) if isinstance(v, Path) else v
+                           for k, v in dataclasses.asdict(TlsOptions.from_config(self.config)).items()}}
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "heimdall.api.join", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await child.communicate(json.dumps(request).encode())
+        reason = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {child.returncode}"]
+        if child.returncode != 0:
+            return child.returncode, None, reason[0]
+        return 0, json.loads(out), ""
 
     # -- the loops ---------------------------------------------------------------------------
     def tasks(self):

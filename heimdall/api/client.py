@@ -17,7 +17,6 @@ import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -26,6 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from heimdall import settings
 from heimdall.api import auth
+from heimdall.api.tls import TlsOptions
 from heimdall.api.v1 import heimdall_pb2, heimdall_pb2_grpc
 
 CALL_TIMEOUT = 10.0  # seconds
@@ -44,40 +44,6 @@ class ApiUnavailable(Exception):
 
 class JoinRefused(Exception):
     """The node refused the join (wrong cluster key, malformed request...): retrying will not help."""
-
-
-@dataclass(frozen=True)
-class TlsOptions:
-    """How to dial a TLS listener; with nothing set, connections are plaintext."""
-
-    ca_cert: Path | None = None  # the CA that signed the server's certificate; None: the system's CAs
-    cert: Path | None = None  # client certificate, for servers that require one (mutual TLS)
-    key: Path | None = None  # its private key
-    skip_verify: bool = False  # accept whatever certificate the server presents: encrypted, not authenticated
-
-    def __post_init__(self) -> None:
-        if (self.cert is None) != (self.key is None):
-            raise settings.ConfigError("a TLS client certificate needs both a certificate and its key")
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.ca_cert or self.cert or self.skip_verify)
-
-    @classmethod
-    def from_config(cls, config: settings.Config) -> TlsOptions:
-        """A program's options for dialing an API.
-
-        hctl and heimdall-peer present ``--cert``/``--key`` as their client
-        certificate (the original's ``-c``/``-k``; ``--client-cert``/``--client-key``
-        are accepted too). A node dialing another node (joining) presents its own
-        ``--cert``/``--key``: on a node ``--client-cert`` is the CA it verifies
-        *its* clients with. Every program verifies the server against ``--ca-cert``.
-        """
-        if config.program in settings.NODE:
-            cert, key = config.cert, config.key
-        else:
-            cert, key = config.cert or config.client_cert, config.key or config.client_key
-        return cls(ca_cert=config.ca_cert, cert=cert, key=key, skip_verify=config.skip_verify)
 
 
 def _read(path: Path) -> bytes:

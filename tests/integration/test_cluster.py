@@ -178,6 +178,16 @@ except OSError as exc:
     assert all(p.poll() is None for p in n1.procs.values()), n1.logs()
 
 
+def test_a_node_with_the_wrong_cluster_key_is_refused_and_says_so(cluster):
+    lab, n1 = cluster["lab"], cluster["nodes"][0]
+    rev = n1.redis("GET", "heimdall:rev").strip()
+    stranger = LabNode(lab.add_host("stranger"), new_cluster_key(), cluster["logs"], join=n1)
+    wg = stranger.start_daemon("heimdall-wg")
+    assert wg.wait(30) != 0
+    assert "join refused" in stranger.log("heimdall-wg") and "UNAUTHENTICATED" in stranger.log("heimdall-wg")
+    assert stranger.membership() is None
+    assert n1.redis("GET", "heimdall:rev").strip() == rev
+
 def test_killed_wg_daemon_keeps_tunnels_and_is_readopted(cluster):
     n1, n2, n3 = cluster["nodes"][:3]
     index = n2.ifindex()
