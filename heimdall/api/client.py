@@ -20,8 +20,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from heimdall import settings
 from heimdall.api import auth
@@ -77,6 +75,9 @@ def normalize(address: str) -> str:
 
 def _certificate_name(pem: bytes) -> str:
     """A name the certificate is valid for (first DNS name, else IP address, else common name)."""
+    from cryptography import x509  # only --skip-verify needs it: not loaded (~7 MB) otherwise
+    from cryptography.x509.oid import NameOID
+
     certificate = x509.load_pem_x509_certificate(pem)
     try:
         names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
