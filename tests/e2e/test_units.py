@@ -1,0 +1,345 @@
+"""The node's systemd units on real systemd: readiness, journal, crash, kill, reload, stop.
+
+Containers on one switch: n1 bootstraps a cluster and n2 joins it through n1's
+API over the container network; both are shared by the module, and the tests
+run in file order (the crash, kill and reload tests leave n1 running; the stop
+test starts it again), each first waiting for the state it needs. Tests that
+change a node's setup (iptables backend, a watchdog drop-in) boot a node of
+their own.
+
+Where a daemon, not a unit, is at fault, the test is marked ``xfail(strict=True,
+raises=KnownDefect)``: only that defect counts as the expected failure, any
+other failure still fails, and the test fails as XPASS once the daemon is
+fixed, so the mark cannot outlive the defect.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+
+from heimdall.lab.cluster import new_cluster_key, wait_until
+from heimdall.lab.tunnels import PingFlow
+from tests.e2e.containers import Container
+
+pytestmark = pytest.mark.e2e
+
+NODE_UNITS = ("heimdall-store.service", "heimdall-wg.service", "heimdall-elector.service", "heimdall-api.service")
+# `systemd-analyze security` exposure (0-10) each unit may have. The scale calls 1.0-4.9 "OK",
+# but a band that wide never fires: dropping ProtectSystem=strict moves heimdall-wg from 2.9
+# to 3.0, dropping its SystemCallFilter= to 4.2. So each unit is pinned where it is: any
+# relaxation fails here and must be argued for by raising its number. What is left is what
+# the daemons need: root (root-only keys and config), the host's network (they serve it), and
+# for wg and peer CAP_NET_ADMIN, /dev/net/tun and a writable /proc/sys/net.
+EXPOSURE_CEILING = {"heimdall-store.service": 2.1, "heimdall-wg.service": 2.9, "heimdall-elector.service": 2.1,
+                    "heimdall-api.service": 2.1, "heimdall-dns.service": 2.2, "heimdall-peer.service": 2.8}
+UNIT_FILES = (*EXPOSURE_CEILING, "heimdall.target")
+# What each daemon can write, outside /proc, /sys and /dev: its own directories, nothing else.
+_OWN = frozenset({"/run/heimdall", "/var/lib/heimdall", "/tmp", "/var/tmp"})  # /tmp, /var/tmp: PrivateTmp=
+WRITABLE = {unit: _OWN for unit in NODE_UNITS} | {
+    "heimdall-wg.service": _OWN | {"/run/wireguard", "/run/xtables.lock"}}
+CLUSTER_KEY = new_cluster_key()
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d|\d\d? \w{3} \d{4} \d\d:\d\d:\d\d|\w{3} \d\d? \d\d:\d\d:\d\d")
+
+
+class KnownDefect(AssertionError):
+    """A daemon (not a unit) behaves wrongly in a known way, named in the xfail reason."""
+
+
+@dataclass
+class Node:
+    box: Container
+    baseline: Counter  # names of the processes running before heimdall was started
+
+    @property
+    def tunnel_address(self) -> str:
+        out = self.box.run("ip", "-4", "-o", "addr", "show", "dev", "darknet").stdout
+        return re.search(r"inet ([\d.]+)/", out)[1]
+
+    def pings(self, address: str) -> bool:
+        return self.box.run("ping", "-n", "-c", "1", "-W", "1", address, check=False).returncode == 0
+
+    def wireguard_go(self) -> int:
+        (pid,) = self.box.run("pidof", "wireguard-go").stdout.split()
+        return int(pid)
+
+
+def node_files(peer: Container | None = None) -> dict[str, tuple[str | None, int]]:
+    """/etc/heimdall as an operator (or the role) writes it: root-only, the key 0600."""
+    config = "# tests/e2e: the first node bootstraps the cluster, the others join through its API\n"
+    if peer is not None:
+        config += f"peer = tcp://{peer.address}:9000\n"
+    return {"/etc/heimdall": (None, 0o700), "/etc/heimdall/heimdall.conf": (config, 0o644),
+            "/etc/heimdall/cluster.key": (CLUSTER_KEY + "\n", 0o600)}
+
+
+def processes(box: Container) -> Counter:
+    return Counter(box.run("ps", "-e", "--no-headers", "-o", "comm").stdout.split()) - Counter(["ps"])
+
+
+def writable_mounts(box: Container, unit: str) -> set[str]:
+    """Mount points writable in the namespace of ``unit``'s main process, but the API file systems
+    and nspawn's /run/host (the container's, not the unit's)."""
+    pid = box.show(unit, "MainPID")["MainPID"]
+    mounts = (line.split() for line in box.run("cat", f"/proc/{pid}/mountinfo").stdout.splitlines())
+    return {fields[4] for fields in mounts if "rw" in fields[5].split(",")
+            and not fields[4].startswith(("/proc", "/sys", "/dev", "/run/host/"))}
+
+
+def start_target(node: Node) -> float:
+    """`systemctl start heimdall.target`; how long it took (until every daemon was ready)."""
+    started = time.monotonic()
+    node.box.systemctl("start", "heimdall.target", timeout=120)
+    return time.monotonic() - started
+
+
+def journal_entries(box: Container, *args: str) -> list[dict]:
+    return [json.loads(line) for line in box.journal("--output=json", *args).splitlines()]
+
+
+def wait_for_mesh(a: Node, b: Node, timeout: float = 30) -> tuple[str, str]:
+    """Both tunnel addresses, once each node pings the other's across the tunnel."""
+    ta, tb = a.tunnel_address, b.tunnel_address
+    wait_until(lambda: a.pings(tb) and b.pings(ta), timeout, f"{a.box.name} and {b.box.name} to ping over the mesh")
+    return ta, tb
+
+
+@pytest.fixture(scope="module")
+def n1_box(fleet, figures) -> Container:
+    started = time.monotonic()
+    box = fleet.boot("n1", node_files())
+    figures["n1: boot until systemd is running"] = f"{time.monotonic() - started:.1f} s"
+    return box
+
+
+@pytest.fixture(scope="module")
+def n1(n1_box, figures) -> Node:
+    node = Node(n1_box, processes(n1_box))
+    figures["n1: systemctl start heimdall.target (bootstrap)"] = f"{start_target(node):.1f} s"
+    return node
+
+
+@pytest.fixture(scope="module")
+def n2(fleet, n1, figures) -> Node:
+    box = fleet.boot("n2", node_files(peer=n1.box))
+    node = Node(box, processes(box))
+    figures["n2: systemctl start heimdall.target (join)"] = f"{start_target(node):.1f} s"
+    return node
+
+
+def test_units_verify_and_their_exposure_stays_low(n1_box, figures):
+    """`systemd-analyze verify` passes on the units as installed (ExecStart= binaries, /bin/kill,
+    the directives), and `systemd-analyze security --offline=true` finds none less hardened than it was."""
+    paths = [f"/etc/systemd/system/{unit}" for unit in UNIT_FILES]
+    verify = n1_box.run("systemd-analyze", "verify", *paths, check=False)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    for unit, ceiling in EXPOSURE_CEILING.items():
+        result = n1_box.run("systemd-analyze", "security", "--offline=true", f"--threshold={round(ceiling * 10)}",
+                            unit, check=False)
+        score = re.search(r"Overall exposure level for \S+: ([\d.]+ \w+)", result.stdout)[1]
+        figures[f"systemd-analyze security {unit}"] = score
+        assert result.returncode == 0, f"{unit}: exposure {score} above {ceiling}:\n{result.stdout}"
+
+
+def test_target_starts_every_daemon_ready_with_a_status_and_a_clean_journal(n1):
+    for unit in NODE_UNITS:
+        state = n1.box.show(unit, "ActiveState", "SubState", "Type", "StatusText", "NRestarts")
+        # Type=notify: "active" only after the daemon's READY=1.
+        assert (state["Type"], state["ActiveState"], state["SubState"]) == ("notify", "active", "running"), state
+        assert state["NRestarts"] == "0", state
+        assert state["StatusText"], f"{unit} sent no STATUS="
+        status = n1.box.systemctl("status", unit).stdout
+        assert f'Status: "{state["StatusText"]}"' in status, status
+    assert re.fullmatch(r"rev \d+: 0 WireGuard peers, \d+ routes", n1.box.show("heimdall-wg.service", "StatusText")
+                        ["StatusText"])
+    for unit in NODE_UNITS:
+        assert n1.box.journal(f"--unit={unit}", "--priority=err") == "", unit
+    # Our loggers' <N> prefixes became priorities: the text carries neither a prefix nor a timestamp.
+    ours = [e for unit in NODE_UNITS for e in journal_entries(n1.box, f"--unit={unit}")
+            if e.get("_COMM", "").startswith("heimdall-")]
+    assert any(e["MESSAGE"] == "heimdall-wg: started" and e["PRIORITY"] == "6" for e in ours), ours
+    doubled = [e["MESSAGE"] for e in ours if TIMESTAMP.match(e["MESSAGE"]) or re.match(r"<\d>", e["MESSAGE"])]
+    assert not doubled, doubled
+    assert "heimdall-wg: started" in n1.box.journal("--unit=heimdall-wg.service", "--priority=info", "--output=cat")
+    assert "heimdall-wg: started" not in n1.box.journal("--unit=heimdall-wg.service", "--priority=notice",
+                                                        "--output=cat")
+    for unit in NODE_UNITS:
+        assert writable_mounts(n1.box, unit) == WRITABLE[unit], unit
+    status = n1.box.run("hctl", "status").stdout
+    assert re.search(r"^node\s+n1 ", status, re.MULTILINE) and re.search(r"^master\s+\S+ at ", status, re.MULTILINE)
+
+
+@pytest.mark.xfail(raises=KnownDefect, strict=True,
+                   reason="heimdall-store's redis-server logs to the unit's stream in its own format: its own "
+                          "timestamp and no <N> prefix (its warnings land as info)")
+def test_child_processes_log_without_their_own_timestamps(n1):
+    children = [e for e in journal_entries(n1.box, "--unit=heimdall-store.service")
+                if e.get("_PID") != "1" and not e.get("_COMM", "").startswith("heimdall-")]
+    doubled = [e["MESSAGE"] for e in children if TIMESTAMP.search(e["MESSAGE"][:40])]
+    if doubled:
+        raise KnownDefect(f"{len(doubled)} lines with their own timestamp, e.g. {doubled[0]!r}")
+
+
+def test_dns_is_outside_the_target_and_a_not_implemented_exit_is_not_retried(n1):
+    """heimdall.target does not pull heimdall-dns (not built); started by hand, it exits 2
+    and RestartPreventExitStatus=2 keeps Restart=on-failure from retrying it."""
+    assert n1.box.show("heimdall-dns.service", "ActiveState", "InactiveExitTimestampMonotonic") == \
+        {"ActiveState": "inactive", "InactiveExitTimestampMonotonic": "0"}
+    assert n1.box.systemctl("start", "heimdall-dns.service", check=False).returncode != 0
+    time.sleep(1.5)  # past RestartSec=1: a restart would have happened by now
+    state = n1.box.show("heimdall-dns.service", "ActiveState", "Result", "ExecMainStatus", "NRestarts")
+    assert state == {"ActiveState": "failed", "Result": "exit-code", "ExecMainStatus": "2", "NRestarts": "0"}, state
+    assert "not implemented yet" in n1.box.journal("--unit=heimdall-dns.service", "--output=cat")
+    n1.box.systemctl("reset-failed", "heimdall-dns.service")
+
+
+def test_wg_sets_up_its_firewall_with_iptables_legacy_too(fleet):
+    """iptables-legacy takes /run/xtables.lock, which a fresh boot does not have and the sandbox's
+    read-only /run would keep it from creating: the unit provides it (nf_tables needs none)."""
+    box = fleet.boot("legacy", node_files())
+    box.run("update-alternatives", "--quiet", "--set", "iptables", "/usr/sbin/iptables-legacy")
+    assert box.run("test", "-e", "/run/xtables.lock", check=False).returncode == 1
+    box.systemctl("start", "heimdall.target")
+    assert box.show("heimdall-wg.service", "ActiveState", "NRestarts") == {"ActiveState": "active", "NRestarts": "0"}
+    assert "-A FORWARD -j HEIMDALL-FORWARD" in box.run("iptables-legacy-save").stdout
+    assert "HEIMDALL" not in box.run("iptables-nft-save").stdout
+
+
+@pytest.mark.xfail(raises=KnownDefect, strict=True,
+                   reason="heimdall-store's main loop calls progress() once per resync-interval (30 s) once "
+                          "settled, so with WatchdogSec=30 it withholds every other ping (warning 'no progress') "
+                          "and a resync-interval above WatchdogSec= gets an idle store killed")
+def test_idle_store_keeps_its_watchdog_fed(fleet):
+    """WatchdogSec= must catch a stuck daemon, not an idle one. Scaled down in time: a drop-in
+    sets WatchdogSec=4 against the default resync-interval of 30 s, as resync-interval = 60
+    would against the unit's WatchdogSec=30."""
+    dropin = ("[Service]\nWatchdogSec=4\n", 0o644)
+    box = fleet.boot("watchdog", {**node_files(), "/etc/systemd/system/heimdall-store.service.d/watchdog.conf": dropin})
+    box.systemctl("start", "heimdall.target")
+    assert box.show("heimdall-store.service", "WatchdogUSec")["WatchdogUSec"] == "4s"
+    time.sleep(9)  # two watchdog periods after the store settled
+    state = box.show("heimdall-store.service", "ActiveState", "NRestarts")
+    if state["NRestarts"] != "0":
+        raise KnownDefect(f"the idle store was killed by its watchdog: {state}; "
+                          + box.journal("--unit=heimdall-store.service", "--grep=watchdog", "--output=cat"))
+    assert state["ActiveState"] == "active"
+
+
+def test_second_node_joins_over_the_container_network_and_the_mesh_pings(n1, n2):
+    for unit in NODE_UNITS:
+        assert n2.box.show(unit, "ActiveState")["ActiveState"] == "active", unit
+    t1, t2 = wait_for_mesh(n1, n2)
+    assert t1 != t2
+    nodes = json.loads(n2.box.run("hctl", "nodes", "list", "--json").stdout)
+    assert sorted((n["name"], n["tunnel_address"]) for n in nodes) == [("n1", t1), ("n2", t2)], nodes
+
+
+@dataclass
+class KillOutcome:
+    sent: int
+    received: int
+    restart_seconds: float  # from the kill to heimdall-wg ready again
+    covered: bool  # the ping flow was still running when heimdall-wg was back
+    wireguard_go_kept: bool
+
+
+def kill_wg_under_a_ping_flow(n1: Node, n2: Node, log, *how: str) -> KillOutcome:
+    """`systemctl kill --signal=KILL *how heimdall-wg` on n1 while n2 pings n1's tunnel address
+    every 20 ms; wait until Restart=on-failure has it ready again (and only once)."""
+    t1, _ = wait_for_mesh(n1, n2)
+    before = n1.box.show("heimdall-wg.service", "MainPID", "NRestarts")
+    wireguard_go = n1.wireguard_go()
+    flow = PingFlow(n2.box.host, t1, seconds=6, log=log, interval=0.02)
+    time.sleep(0.5)
+    killed = time.monotonic()
+    n1.box.systemctl("kill", "--signal=KILL", *how, "heimdall-wg.service")
+
+    def restarted():
+        state = n1.box.show("heimdall-wg.service", "MainPID", "NRestarts", "ActiveState")
+        return state["ActiveState"] == "active" and state["MainPID"] != before["MainPID"] and state
+
+    after = wait_until(restarted, 15, "heimdall-wg to be restarted and ready")
+    restart_seconds, covered = time.monotonic() - killed, flow.running()
+    assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1, after
+    sent, received = flow.wait()
+    return KillOutcome(sent, received, restart_seconds, covered, n1.wireguard_go() == wireguard_go)
+
+
+def test_crashed_wg_agent_is_restarted_and_the_tunnel_keeps_forwarding(n1, n2, tmp_path, figures):
+    """The daemon alone dies (SIGKILL to the main process, as in a crash): Restart=on-failure
+    brings it back, and wireguard-go, its child, forwards throughout (KillMode=process)."""
+    outcome = kill_wg_under_a_ping_flow(n1, n2, tmp_path / "ping.log", "--kill-who=main")
+    figures["n1: heimdall-wg from SIGKILL to ready again"] = f"{outcome.restart_seconds:.1f} s"
+    assert outcome.covered, "the ping flow ended before heimdall-wg was back: it did not cover the restart"
+    assert outcome.received == outcome.sent, f"{outcome.sent - outcome.received} of {outcome.sent} pings lost"
+    assert outcome.wireguard_go_kept
+
+
+@pytest.mark.xfail(raises=KnownDefect, strict=True,
+                   reason="wireguard-go runs in heimdall-wg's cgroup, and `systemctl kill` signals every "
+                          "process of the unit (KillMode= governs only stop): the tunnel is rebuilt, and drops")
+def test_systemctl_kill_of_the_wg_unit_keeps_the_tunnel(n1, n2, tmp_path):
+    outcome = kill_wg_under_a_ping_flow(n1, n2, tmp_path / "ping.log")
+    if not outcome.wireguard_go_kept:
+        raise KnownDefect(f"wireguard-go was killed and started anew; "
+                          f"{outcome.sent - outcome.received} of {outcome.sent} pings lost")
+    assert outcome.received == outcome.sent
+
+
+@pytest.mark.xfail(raises=KnownDefect, strict=True,
+                   reason="heimdall.daemon sends RELOADING=1 on SIGHUP but never READY=1 after: systemd keeps "
+                          "the unit 'reloading' until its reload times out (TimeoutStartSec=, 90 s)")
+def test_reload_applies_the_config_and_keeps_wg_active(n1, n2):
+    """`systemctl reload` (ExecReload= sends SIGHUP) re-reads the config in place: a setting that
+    needs a restart is kept, with a warning that journald files as a warning."""
+    t1, _ = wait_for_mesh(n1, n2)
+    pid = n1.box.show("heimdall-wg.service", "MainPID")["MainPID"]
+    since = n1.box.run("date", "+@%s.%N").stdout.strip()
+    n1.box.run("sh", "-c", "echo 'endpoint-port = 10101' > /etc/heimdall/heimdall-wg.conf")
+    try:
+        # --no-block: had the daemon's RELOADING=1 come before kill's exit, the job would wait for a READY=1.
+        n1.box.systemctl("reload", "--no-block", "heimdall-wg.service")
+        wait_until(lambda: "configuration reloaded" in n1.box.journal(
+            "--unit=heimdall-wg.service", f"--since={since}", "--output=cat"), 10, "heimdall-wg to reload")
+    finally:
+        n1.box.run("rm", "/etc/heimdall/heimdall-wg.conf")
+    warnings = n1.box.journal("--unit=heimdall-wg.service", f"--since={since}", "--priority=warning",
+                              "--output=cat")
+    assert "endpoint_port only change with a restart" in warnings, warnings
+    assert n1.box.journal("--unit=heimdall-wg.service", f"--since={since}", "--priority=err") == ""
+    assert n1.box.show("heimdall-wg.service", "MainPID")["MainPID"] == pid
+    assert n2.pings(t1)
+    time.sleep(0.5)  # the daemon has sent READY=1 by now if it ever will
+    state = n1.box.show("heimdall-wg.service", "ActiveState")["ActiveState"]
+    if state == "reloading":
+        raise KnownDefect("heimdall-wg is still 'reloading' after its reload finished")
+    assert state == "active"
+
+
+def test_stop_is_clean_the_tunnel_stays_and_a_start_brings_the_node_back(n1, n2, figures):
+    """Stopping the target stops every daemon with exit 0 and removes the firewall chains;
+    only wireguard-go stays (by design), so the tunnel forwards while the control plane is
+    down, and the next start adopts it."""
+    t1, t2 = wait_for_mesh(n1, n2)
+    wireguard_go = n1.wireguard_go()
+    started = time.monotonic()
+    n1.box.systemctl("stop", "heimdall.target")  # returns at once; the daemons are stopping
+    wait_until(lambda: all(n1.box.show(u, "ActiveState")["ActiveState"] == "inactive" for u in NODE_UNITS), 25,
+               "every heimdall daemon to stop")
+    figures["n1: systemctl stop heimdall.target until every daemon is stopped"] = f"{time.monotonic() - started:.1f} s"
+    for unit in NODE_UNITS:
+        state = n1.box.show(unit, "Result", "ExecMainCode", "ExecMainStatus")
+        assert state == {"Result": "success", "ExecMainCode": "1", "ExecMainStatus": "0"}, (unit, state)  # 1: exited
+    assert "HEIMDALL" not in n1.box.run("iptables-save").stdout
+    assert processes(n1.box) - n1.baseline == Counter({"wireguard-go": 1}), processes(n1.box)
+    assert n2.pings(t1) and n1.pings(t2), "the tunnel stopped forwarding with the control plane"
+    figures["n1: systemctl start heimdall.target (restart, adopting wireguard-go)"] = f"{start_target(n1):.1f} s"
+    for unit in NODE_UNITS:
+        assert n1.box.show(unit, "ActiveState")["ActiveState"] == "active", unit
+    assert n1.wireguard_go() == wireguard_go
+    assert "HEIMDALL-FORWARD" in n1.box.run("iptables-save").stdout
+    wait_for_mesh(n1, n2)
