@@ -133,7 +133,7 @@ class Daemon:
             else:
                 await self.reload(config)
                 self.log.info("configuration reloaded")
-            self.notifier.status("running")
+            self.notifier.ready("running")  # READY=1 ends the RELOADING=1 state in systemd
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,12 +85,30 @@ def redis_server_binary() -> str:
     return path
 
 
+# "4242:M 25 Nov 2026 01:03:28.831 * Ready to accept connections": pid, role, time, level mark, message.
+_REDIS_LINE = re.compile(r"^\d+:[A-Z] \d{1,2} \w{3} \d{4} [\d:.]+ (?P<mark>[.*#-]) (?P<message>.*)$")
+_REDIS_LEVELS = {"#": logging.WARNING, "*": logging.INFO, "-": logging.DEBUG, ".": logging.DEBUG}
+
+
+def redis_log_line(line: str) -> tuple[int, str]:
+    """(logging level, message) of one line redis-server wrote: its own timestamp goes, its level stays."""
+    match = _REDIS_LINE.match(line)
+    if match is None:
+        return logging.INFO, line
+    return _REDIS_LEVELS[match["mark"]], match["message"]
+
+
 class RedisServerProcess:
-    """One redis-server child process, started from a RedisServerConfig."""
+    """One redis-server child process, started from a RedisServerConfig.
+
+    Its output is relayed through our logging, so under journald its lines carry
+    syslog priorities (its warnings are warnings) and no second timestamp.
+    """
 
     def __init__(self, config: RedisServerConfig) -> None:
         self.config = config
         self.process: asyncio.subprocess.Process | None = None
+        self._relay: asyncio.Task | None = None
 
     @property
     def pid(self) -> int | None:
@@ -101,7 +120,10 @@ class RedisServerProcess:
 
     async def start(self, timeout: float = 10.0) -> None:
         path = self.config.write()
-        self.process = await asyncio.create_subprocess_exec(redis_server_binary(), str(path))
+        self.process = await asyncio.create_subprocess_exec(redis_server_binary(), str(path),
+                                                            stdout=asyncio.subprocess.PIPE,
+                                                            stderr=asyncio.subprocess.STDOUT)
+        self._relay = asyncio.ensure_future(_relay_output(self.process.stdout))
         deadline = asyncio.get_running_loop().time() + timeout
         async with self.client() as client:
             while True:
@@ -121,7 +143,10 @@ class RedisServerProcess:
 
     async def wait(self) -> int:
         assert self.process is not None
-        return await self.process.wait()
+        status = await self.process.wait()
+        if self._relay is not None:
+            await self._relay  # the pipe has ended too: every last line is logged
+        return status
 
     async def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (redis saves and exits), SIGKILL if it does not stop in time."""
@@ -129,7 +154,17 @@ class RedisServerProcess:
             return
         self.process.terminate()
         try:
-            await asyncio.wait_for(self.process.wait(), timeout)
+            await asyncio.wait_for(self.wait(), timeout)
         except asyncio.TimeoutError:
             self.process.kill()
-            await self.process.wait()
+            await self.wait()
+
+
+async def _relay_output(stream: asyncio.StreamReader) -> None:
+    """Log redis-server's lines until its output ends (it must always be read, or redis blocks)."""
+    logger = logging.getLogger("redis-server")
+    async for raw in stream:
+        line = raw.decode(errors="replace").rstrip()
+        if line:
+            level, message = redis_log_line(line)
+            logger.log(level, "%s", message)

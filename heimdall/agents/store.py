@@ -22,6 +22,7 @@ from heimdall.redis_server import RedisServerConfig, RedisServerProcess, RedisSe
 from heimdall.state import State
 
 POLL = 0.2  # membership file and bind checks while joining; not on any steady-state path
+TICK = 1.0  # the settled main loop's wake-up: progress for the watchdog, nothing more
 RESTART_BACKOFF_MAX = 10.0
 
 
@@ -139,15 +140,21 @@ class StoreAgent(Daemon):
                 await asyncio.sleep(1.0)
 
     async def _follower(self) -> None:
-        """Main loop: re-point replication when the master changes; fast while joining, slow after."""
+        """Main loop (it feeds the watchdog every tick): re-point replication when the master
+        changes; checked every POLL while joining, then on each change event or resync interval."""
+        loop = asyncio.get_running_loop()
+        last_check = 0.0
         while True:
             settled = self.replicating_from is not None and self.bound_tunnel
             try:
-                await asyncio.wait_for(self.changed.wait(), timeout=self.config.resync_interval if settled else POLL)
+                await asyncio.wait_for(self.changed.wait(), timeout=TICK if settled else POLL)
             except asyncio.TimeoutError:
                 pass
-            self.changed.clear()
             self.progress()
+            if settled and not self.changed.is_set() and loop.time() - last_check < self.config.resync_interval:
+                continue
+            self.changed.clear()
+            last_check = loop.time()
             try:
                 await self._follow_master()
             except (RedisError, OSError) as exc:

@@ -47,3 +47,15 @@ def test_debug_switch_sets_the_level(tmp_path):
     with open(tmp_path / "x", "w") as stream:
         log.setup(debug=False, stream=stream)
         assert logging.getLogger().level == logging.INFO
+
+
+def test_redis_server_lines_keep_their_level_and_lose_their_timestamp():
+    from heimdall.redis_server import redis_log_line
+
+    assert redis_log_line("4242:M 25 Nov 2026 01:03:28.831 * Ready to accept connections") == (
+        logging.INFO, "Ready to accept connections")
+    assert redis_log_line("7:C 5 Jan 2027 01:03:28.826 # WARNING Memory overcommit must be enabled!")[0] == (
+        logging.WARNING)
+    assert redis_log_line("7:S 25 Nov 2026 01:03:28.826 - Accepted 10.0.0.1:5") == (logging.DEBUG,
+                                                                                   "Accepted 10.0.0.1:5")
+    assert redis_log_line("an unexpected line") == (logging.INFO, "an unexpected line")
