@@ -236,8 +236,11 @@ def _ip(*args: str) -> None:
         raise LabError(f"`ip {shlex.join(args)}` failed: {result.stderr.strip()}")
 
 
-def _environment(extra: dict | None) -> dict | None:
-    return None if extra is None else {**os.environ, **{k: str(v) for k, v in extra.items()}}
+def _environment(extra: dict | None) -> dict:
+    """Our environment plus ``extra``, minus what would tie a simulated host to this machine's
+    systemd (INVOCATION_ID would make the userspace backend hand wireguard-go to it)."""
+    env = {k: v for k, v in os.environ.items() if k != "INVOCATION_ID"}
+    return {**env, **{k: str(v) for k, v in (extra or {}).items()}}
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:

@@ -34,6 +34,28 @@ START_TIMEOUT = 10.0
 EXIT_TIMEOUT = 5.0
 
 
+# -- starting wireguard-go ------------------------------------------------------------
+def under_systemd() -> bool:
+    """True in a service started by a running systemd (it sets INVOCATION_ID for every unit it runs)."""
+    return bool(os.environ.get("INVOCATION_ID")) and os.path.isdir("/run/systemd/system") \
+        and shutil.which("systemd-run") is not None
+
+
+def launch_command(binary: str, ifname: str, systemd: bool) -> list[str]:
+    """How to start wireguard-go so that the tunnel outlives the daemon that starts it.
+
+    Elsewhere it daemonizes itself. Under systemd that is not enough: a daemonized child
+    stays in its starter's cgroup, so `systemctl kill`/`restart` of heimdall-wg would take
+    the tunnel down with it; it runs in a unit of its own instead, in the foreground.
+    """
+    if not systemd:
+        return [binary, ifname]
+    return ["systemd-run", "--quiet", "--collect", f"--unit=heimdall-wireguard-go-{ifname}",
+            f"--description=WireGuard tunnel {ifname} (wireguard-go, started by Heimdall)",
+            f"--property=NetworkNamespacePath=/proc/{os.getpid()}/ns/net",  # the caller's, whichever it is
+            "--setenv=WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1", binary, "-f", ifname]
+
+
 # -- the UAPI text protocol (pure) ------------------------------------------------
 def key_hex(key: str) -> str:
     """A base64 WireGuard key as the UAPI's hex; ValueError if it is not a key."""
@@ -258,17 +280,22 @@ class UserspaceBackend(WireGuardBackend):
         # inherit our pipes and this call would wait for it forever.
         env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
         env["WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"] = "1"
+        argv = launch_command(binary, self.ifname, under_systemd())
         try:
-            # The parent returns once the TUN device and the socket exist (the daemon inherits both).
-            result = subprocess.run([binary, self.ifname], env=env, stdin=subprocess.DEVNULL,
+            # Daemonizing, the parent returns once the TUN device and the socket exist (the daemon
+            # inherits both); systemd-run returns once its unit runs wireguard-go in the foreground.
+            result = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
                                     capture_output=True, text=True, timeout=START_TIMEOUT)
         except subprocess.TimeoutExpired:
             raise WireGuardError(f"{self.ifname}: wireguard-go did not start within {START_TIMEOUT:.0f}s") from None
         if result.returncode != 0:
             raise WireGuardError(f"{self.ifname}: starting wireguard-go failed (exit {result.returncode}): "
                                  f"{_without_banner(result.stdout + result.stderr)}")
-        if not self._socket_answers():
-            raise WireGuardError(f"{self.ifname}: wireguard-go started but does not answer on {self.socket_path}")
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._socket_answers():
+            if time.monotonic() > deadline:
+                raise WireGuardError(f"{self.ifname}: wireguard-go started but does not answer on {self.socket_path}")
+            time.sleep(0.01)
 
     def _socket_answers(self) -> bool:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

@@ -6,11 +6,6 @@ run in file order (the crash, kill and reload tests leave n1 running; the stop
 test starts it again), each first waiting for the state it needs. Tests that
 change a node's setup (iptables backend, a watchdog drop-in) boot a node of
 their own.
-
-Where a daemon, not a unit, is at fault, the test is marked ``xfail(strict=True,
-raises=KnownDefect)``: only that defect counts as the expected failure, any
-other failure still fails, and the test fails as XPASS once the daemon is
-fixed, so the mark cannot outlive the defect.
 """
 from __future__ import annotations
 
@@ -44,10 +39,6 @@ WRITABLE = {unit: _OWN for unit in NODE_UNITS} | {
     "heimdall-wg.service": _OWN | {"/run/wireguard", "/run/xtables.lock"}}
 CLUSTER_KEY = new_cluster_key()
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d|\d\d? \w{3} \d{4} \d\d:\d\d:\d\d|\w{3} \d\d? \d\d:\d\d:\d\d")
-
-
-class KnownDefect(AssertionError):
-    """A daemon (not a unit) behaves wrongly in a known way, named in the xfail reason."""
 
 
 @dataclass
@@ -273,15 +264,13 @@ def test_crashed_wg_agent_is_restarted_and_the_tunnel_keeps_forwarding(n1, n2, t
     assert outcome.wireguard_go_kept
 
 
-@pytest.mark.xfail(raises=KnownDefect, strict=True,
-                   reason="wireguard-go runs in heimdall-wg's cgroup, and `systemctl kill` signals every "
-                          "process of the unit (KillMode= governs only stop): the tunnel is rebuilt, and drops")
 def test_systemctl_kill_of_the_wg_unit_keeps_the_tunnel(n1, n2, tmp_path):
+    """`systemctl kill` signals every process of heimdall-wg's cgroup; wireguard-go runs in a
+    unit of its own (started with systemd-run), so the tunnel is not part of it."""
+    assert n1.box.show("heimdall-wireguard-go-darknet.service", "ActiveState")["ActiveState"] == "active"
     outcome = kill_wg_under_a_ping_flow(n1, n2, tmp_path / "ping.log")
-    if not outcome.wireguard_go_kept:
-        raise KnownDefect(f"wireguard-go was killed and started anew; "
-                          f"{outcome.sent - outcome.received} of {outcome.sent} pings lost")
-    assert outcome.received == outcome.sent
+    assert outcome.wireguard_go_kept, "wireguard-go was killed with heimdall-wg and started anew"
+    assert outcome.received == outcome.sent, f"{outcome.sent - outcome.received} of {outcome.sent} pings lost"
 
 
 def test_reload_applies_the_config_and_keeps_wg_active(n1, n2):
@@ -321,7 +310,10 @@ def test_stop_is_clean_the_tunnel_stays_and_a_start_brings_the_node_back(n1, n2,
     figures["n1: systemctl stop heimdall.target until every daemon is stopped"] = f"{time.monotonic() - started:.1f} s"
     for unit in NODE_UNITS:
         state = n1.box.show(unit, "Result", "ExecMainCode", "ExecMainStatus")
-        assert state == {"Result": "success", "ExecMainCode": "1", "ExecMainStatus": "0"}, (unit, state)  # 1: exited
+        # ExecMainCode 1 is "exited"; 0 when systemd saw the cgroup empty before it reaped the main
+        # process (a race: the store's redis-server exits last). A signal death would be 2 and "signal".
+        assert state["Result"] == "success" and state["ExecMainStatus"] == "0", (unit, state)
+        assert state["ExecMainCode"] in ("0", "1"), (unit, state)
     assert "HEIMDALL" not in n1.box.run("iptables-save").stdout
     assert processes(n1.box) - n1.baseline == Counter({"wireguard-go": 1}), processes(n1.box)
     assert n2.pings(t1) and n1.pings(t2), "the tunnel stopped forwarding with the control plane"

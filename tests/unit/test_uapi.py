@@ -128,3 +128,12 @@ def test_get_answer_becomes_a_device_with_peer_counters():
 def test_a_fresh_device_has_no_key_and_no_peers():
     device = parse_device("darknet", "listen_port=40000\nerrno=0\n\n")
     assert (device.public_key, device.listen_port, device.peers) == (None, 40000, {})
+
+
+def test_wireguard_go_daemonizes_itself_except_under_systemd_where_it_gets_a_unit_of_its_own():
+    from heimdall.wg.userspace import launch_command
+
+    assert launch_command("/usr/bin/wireguard-go", "darknet", systemd=False) == ["/usr/bin/wireguard-go", "darknet"]
+    argv = launch_command("/usr/bin/wireguard-go", "darknet", systemd=True)
+    assert argv[0] == "systemd-run" and "--unit=heimdall-wireguard-go-darknet" in argv
+    assert argv[-3:] == ["/usr/bin/wireguard-go", "-f", "darknet"]  # foreground: the unit's main process
