@@ -102,34 +102,42 @@ def format_device_set(private_key: str | None = None, listen_port: int | None = 
     return "\n".join(lines) + "\n\n"
 
 
-def _peer_lines(peer: WgPeer) -> list[str]:
+def _peer_lines(peer: WgPeer, current: WgPeer | None = None) -> list[str]:
     """Lines that make a peer exactly ``peer``, whether it exists yet or not.
 
     An endpoint of None is not sent, so an endpoint WireGuard learned by roaming stays.
+    When ``current`` (the peer as the interface holds it) has only allowed IPs that
+    ``peer`` keeps, just the new ones are added: wireguard-go applies a replace as
+    "remove all, then add each", and a packet routed in between would be dropped.
     """
+    grows = current is not None and set(current.allowed_ips) <= set(peer.allowed_ips)
     try:
-        lines = [f"public_key={key_hex(peer.public_key)}", "replace_allowed_ips=true"]
+        lines = [f"public_key={key_hex(peer.public_key)}"] + ([] if grows else ["replace_allowed_ips=true"])
     except ValueError as exc:
         raise ValueError(f"peer {peer.public_key!r}: public key: {exc}") from None
     if peer.endpoint is not None:
         lines.append(f"endpoint={format_endpoint(peer.endpoint)}")
     keepalive = _port(peer.persistent_keepalive, f"peer {peer.public_key}: persistent keepalive")
     lines.append(f"persistent_keepalive_interval={keepalive}")
-    lines.extend(f"allowed_ip={network}" for network in peer.allowed_ips)
+    kept = set(current.allowed_ips) if grows else set()
+    lines.extend(f"allowed_ip={network}" for network in peer.allowed_ips if network not in kept)
     return lines
 
 
-def format_peers_set(plan: PeerPlan) -> str:
+def format_peers_set(plan: PeerPlan, current: dict[str, WgPeer] | None = None) -> str:
     """One ``set=1`` request carrying a whole plan; removals first, so an
-    allowed IP moving from a removed peer to a new one ends up on the new one."""
+    allowed IP moving from a removed peer to a new one ends up on the new one.
+    ``current`` (the interface's peers now) lets updates that only add allowed IPs add just those."""
     lines = ["set=1"]
     for key in plan.remove:
         try:
             lines += [f"public_key={key_hex(key)}", "remove=true"]
         except ValueError as exc:
             raise ValueError(f"peer to remove {key!r}: {exc}") from None
-    for peer in plan.add + plan.update:
+    for peer in plan.add:
         lines += _peer_lines(peer)
+    for peer in plan.update:
+        lines += _peer_lines(peer, (current or {}).get(peer.public_key))
     return "\n".join(lines) + "\n\n"
 
 
@@ -247,8 +255,9 @@ class UserspaceBackend(WireGuardBackend):
         if not plan:
             return
         step = f"applying peers {plan.summary()}"
+        current = self.device().peer_configs() if plan.update else None
         try:
-            request = format_peers_set(plan)
+            request = format_peers_set(plan, current)
         except ValueError as exc:
             raise WireGuardError(f"{self.ifname}: {step}: {exc} (nothing was changed)") from exc
         self._uapi(request, step)

@@ -137,3 +137,17 @@ def test_wireguard_go_daemonizes_itself_except_under_systemd_where_it_gets_a_uni
     argv = launch_command("/usr/bin/wireguard-go", "darknet", systemd=True)
     assert argv[0] == "systemd-run" and "--unit=heimdall-wireguard-go-darknet" in argv
     assert argv[-3:] == ["/usr/bin/wireguard-go", "-f", "darknet"]  # foreground: the unit's main process
+
+
+def test_an_update_that_only_adds_allowed_ips_sends_just_those_without_a_replace():
+    from heimdall.wg.model import PeerPlan, WgPeer
+    from heimdall.wg.userspace import format_peers_set
+
+    key = "A" * 43 + "="
+    before = WgPeer(key, ("10.129.0.0/16",))
+    grown = WgPeer(key, ("10.129.0.0/16", "192.168.200.0/24"))
+    request = format_peers_set(PeerPlan(update=(grown,)), {key: before})
+    assert "replace_allowed_ips" not in request
+    assert "allowed_ip=192.168.200.0/24" in request and "allowed_ip=10.129.0.0/16" not in request
+    shrunk = format_peers_set(PeerPlan(update=(before,)), {key: grown})  # must drop one: a replace
+    assert "replace_allowed_ips=true" in shrunk and "allowed_ip=10.129.0.0/16" in shrunk
