@@ -117,7 +117,10 @@ class WgAgent(Daemon):
         while True:
             status, answer, reason = await self._join_in_child()
             if status == join.REFUSED:
-                raise SystemExit(f"join refused by {self.config.peer}: {reason}")
+                # Exit 2, like a configuration error: a wrong cluster key does not get better by
+                # retrying, and the units' RestartPreventExitStatus=2 stops systemd from looping.
+                self.log.error("join refused by %s: %s", self.config.peer, reason)
+                raise SystemExit(2)
             if status == 0:
                 break
             self.log.warning("cannot join via %s (%s); retrying in %.1f s", self.config.peer, reason, delay)
