@@ -40,7 +40,7 @@ class PeerView:
     grpc_addresses: tuple[str, ...]
 
 
-def _usable(record: NodeRecord | PeerRecord) -> bool:
+def usable(record: NodeRecord | PeerRecord) -> bool:
     try:
         keys.validate_key(record.public_key)
         if isinstance(record, NodeRecord):
@@ -51,6 +51,11 @@ def _usable(record: NodeRecord | PeerRecord) -> bool:
         log.warning("ignoring %s %s: %s", type(record).__name__, record.id, exc)
         return False
     return True
+
+
+def _inside(network, other) -> bool:
+    """``network`` lies in ``other`` (never for different IP versions, where subnet_of raises)."""
+    return network.version == other.version and network.subnet_of(other)
 
 
 def _routes_by_node(snapshot: Snapshot) -> dict[str, list[str]]:
@@ -74,13 +79,14 @@ def node_desired(snapshot: Snapshot, node_id: str, own_public_key: str, peer_net
     routes = _routes_by_node(snapshot)
     peers: dict[str, WgPeer] = {}
     for node in snapshot.oldest_first():
-        if node.id != node_id and node.public_key != own_public_key and _usable(node):
+        if node.id != node_id and node.public_key != own_public_key and usable(node):
             peers[node.public_key] = _node_entry(node, routes[node.id])
     for peer in snapshot.peers.values():
-        if peer.id in snapshot.authorized and peer.public_key not in peers and _usable(peer):
+        if peer.id in snapshot.authorized and peer.public_key not in peers and usable(peer):
             peers[peer.public_key] = WgPeer(peer.public_key, (f"{peer.address}/32",))
+    peer_net = ipaddress.ip_network(peer_network)
     kernel_routes = {net for entry in peers.values() for net in entry.allowed_ips
-                     if not ipaddress.ip_network(net).subnet_of(ipaddress.ip_network(peer_network))}
+                     if not _inside(ipaddress.ip_network(net), peer_net)}
     kernel_routes.add(str(ipaddress.ip_network(peer_network)))
     addresses = frozenset({f"{me.tunnel_address}/32"}) if me is not None else frozenset()
     return Desired(addresses, frozenset(kernel_routes), peers)
@@ -93,10 +99,10 @@ def peer_hub(snapshot: Snapshot) -> str | None:
     sender's and the receiver's entries for the peer network must name the same
     node: one hub for every peer, whichever node each one's control stream is on.
     """
-    usable = [n.id for n in snapshot.oldest_first() if _usable(n)]
-    if snapshot.master is not None and snapshot.master.node_id in usable:
+    candidates = [n.id for n in snapshot.oldest_first() if usable(n)]
+    if snapshot.master is not None and snapshot.master.node_id in candidates:
         return snapshot.master.node_id
-    return usable[0] if usable else None
+    return candidates[0] if candidates else None
 
 
 def peer_view(snapshot: Snapshot, peer_id: str, peer_network: str, allow_peer_to_peer: bool) -> PeerView | None:
@@ -106,12 +112,12 @@ def peer_view(snapshot: Snapshot, peer_id: str, peer_network: str, allow_peer_to
     (:func:`peer_hub`; WireGuard routes each address to exactly one entry).
     """
     peer = snapshot.peers.get(peer_id)
-    if peer is None or peer_id not in snapshot.authorized or not _usable(peer):
+    if peer is None or peer_id not in snapshot.authorized or not usable(peer):
         return None
     routes = _routes_by_node(snapshot)
     hub = peer_hub(snapshot) if allow_peer_to_peer else None
     entries: dict[str, WgPeer] = {}
-    nodes = [n for n in snapshot.oldest_first() if _usable(n)]
+    nodes = [n for n in snapshot.oldest_first() if usable(n)]
     for node in nodes:
         extra = [str(ipaddress.ip_network(peer_network))] if node.id == hub else []
         entries[node.public_key] = _node_entry(node, [*routes[node.id], *extra], PEER_KEEPALIVE)

@@ -55,6 +55,7 @@ class PeerAgent(Daemon):
         self.desired: Desired | None = None
         self.learned: list[str] = []
         self.backoff = BACKOFF_FIRST
+        self.reconciling = asyncio.Lock()
 
     async def start(self) -> None:
         c = self.config
@@ -89,12 +90,19 @@ class PeerAgent(Daemon):
                     await self._cut_off(exc.details())
                     wait = AUTHORIZATION_POLL
                 else:
-                    self.log.warning("node %s: %s (%s); trying the next node", address, exc.code().name,
-                                     exc.details())
+                    wait = self._next_node(address, f"{exc.code().name} ({exc.details()})")
                     index += 1
-                    self.status(f"no node reachable at {address}: trying the next one")
-                    wait, self.backoff = self.backoff, min(self.backoff * 2, BACKOFF_MAX)
+            except (api_client.ApiUnavailable, settings.ConfigError) as exc:  # e.g. TLS: unreachable, bad file
+                wait = self._next_node(address, str(exc))
+                index += 1
             await asyncio.sleep(wait)
+
+    def _next_node(self, address: str, why: str) -> float:
+        """Log a failed node; the seconds to wait before trying the next one (doubling)."""
+        self.log.warning("node %s: %s; trying the next node", address, why)
+        self.status(f"no node reachable at {address}: trying the next one")
+        wait, self.backoff = self.backoff, min(self.backoff * 2, BACKOFF_MAX)
+        return wait
 
     async def _follow(self, stub, address: str) -> None:
         answer = await stub.Connect(heimdall_pb2.ConnectRequest(peer_id=self.peer_id, name=self.config.name,
@@ -118,6 +126,10 @@ class PeerAgent(Daemon):
         await self._reconcile(f"rev {pushed.revision} from {address}")
 
     async def _reconcile(self, why: str) -> None:
+        async with self.reconciling:  # a resync and a push must not apply two configs at once
+            await self._reconcile_locked(why)
+
+    async def _reconcile_locked(self, why: str) -> None:
         if self.desired is None:
             return
         try:

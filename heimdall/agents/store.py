@@ -75,7 +75,7 @@ class StoreAgent(Daemon):
             if not self.bound_tunnel:
                 self.bound_tunnel = await self._bind_tunnel(client, membership)
             try:
-                master = (await State(client).snapshot()).master
+                master = await State(client).master()
             except RedisError:
                 master = None
         if master is None:  # not replicated yet: the membership file knows

@@ -71,7 +71,7 @@ class WgAgent(Daemon):
         if membership is None:
             await (self._join() if c.peer else self._bootstrap())
         await asyncio.to_thread(firewall.enable_ip_forwarding)
-        self.firewall = firewall.Firewall()
+        self.firewall = await asyncio.to_thread(firewall.Firewall)  # it runs `iptables -V`
         await asyncio.to_thread(self.firewall.apply, self._firewall_spec())
         self.feed = SnapshotFeed(self.link.state, on_snapshot=self._on_snapshot)
         try:  # serve the current state at once when the local Redis has it; else the feed brings it

@@ -209,11 +209,11 @@ class HeimdallService:
         snapshot = await self._caught_up(state)
         return pb.JoinResponse(subnet=record.subnet, tunnel_address=record.tunnel_address,
                                master=_master(snapshot),
-                               nodes=[_node(n, snapshot, self.node_id) for n in snapshot.oldest_first()])
+                               nodes=[_node(n, snapshot, self.node_id) for n in snapshot.oldest_first() if topology.usable(n)])
 
     async def Nodes(self, request: pb.NodesRequest, context) -> pb.NodesResponse:
         snapshot = await self._read()
-        return pb.NodesResponse(nodes=[_node(n, snapshot, self.node_id) for n in snapshot.oldest_first()])
+        return pb.NodesResponse(nodes=[_node(n, snapshot, self.node_id) for n in snapshot.oldest_first() if topology.usable(n)])
 
     async def Status(self, request: pb.StatusRequest, context) -> pb.StatusResponse:
         snapshot = await self._read()
@@ -320,6 +320,11 @@ class HeimdallService:
         """A valid route network: not inside the node or peer networks, whose addresses are routed already."""
         network = auth.validate_network("network", text)
         parsed = ipaddress.ip_network(network)
+        if parsed.version != 4:
+            raise InvalidArgument("network", f"{network}: the network's tunnels carry IPv4 only")
+        if parsed.prefixlen == 0:
+            raise InvalidArgument("network", "a default route cannot be published: it would replace every "
+                                             "node's own default route, the path to the other nodes included")
         for option, pool in (("node-network", self.config.node_network), ("peer-network", self.config.peer_network)):
             if parsed.version == pool.version and parsed.subnet_of(pool):
                 raise InvalidArgument("network", f"{network} lies inside the {option} {pool}, routed already")

@@ -178,11 +178,6 @@ class State:
         assert record.subnet == subnet
         return record
 
-    async def remove_node(self, node_id: str) -> None:
-        key = keys.node(node_id)
-        await self._write("node", node_id, [["DEL", key], ["SREM", keys.NODES, node_id], ["HDEL", keys.SEEN, node_id]],
-                          release=[{"hash": keys.IPAM_NODE_SUBNETS, "owner_key": key, "owner_field": "subnet"}])
-
     async def heartbeat(self, node_id: str, now: float | None = None) -> None:
         """Liveness only: not a change of state, so no revision bump and no event."""
         await self.writer.hset(keys.SEEN, node_id, int(time.time() if now is None else now))

@@ -13,13 +13,6 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "kernel", "userspace")
 
 
-def kernel_wireguard_available() -> bool:
-    """True when this kernel can create WireGuard links (module loaded or built in)."""
-    from heimdall.wg.kernel import KernelBackend
-
-    return KernelBackend.available()
-
-
 def make_backend(ifname: str, choice: str = "auto") -> WireGuardBackend:
     """The backend for ``ifname``: an existing interface decides, else the kernel if it can."""
     from heimdall.wg import links

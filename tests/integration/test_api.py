@@ -640,3 +640,18 @@ def test_a_second_heimdall_api_cannot_take_the_port_or_the_socket(redis_servers,
             return await node.operator("Status", pb.StatusRequest())
 
     assert asyncio.run(scenario()).node_id == NODE_ID
+
+
+def test_routes_that_would_break_every_node_are_refused(redis_servers, tmp_path):
+    """An IPv6 network (the tunnels carry IPv4) or a default route (it would replace each node's
+    own default route) is INVALID_ARGUMENT, and nothing is written."""
+    redis_config = redis_servers.start()
+
+    async def scenario():
+        async with running(redis_config, tmp_path) as node:
+            return [await node.refusal(node.operator("CreateRoute", pb.CreateRouteRequest(network=net, node_id=NODE_ID)))
+                    for net in ("fd00:200::/64", "0.0.0.0/0")]
+
+    ipv6, default = asyncio.run(scenario())
+    assert ipv6.code() == default.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "IPv4 only" in ipv6.details() and "default route" in default.details()

@@ -64,3 +64,9 @@ def test_every_peer_uses_one_hub_the_master_else_the_oldest_node():
 def test_deauthorized_or_unknown_peer_has_no_view():
     assert peer_view(SNAP, "p5", "10.51.0.0/16", False) is None
     assert peer_view(SNAP, "nobody", "10.51.0.0/16", False) is None
+
+
+def test_an_ipv6_route_in_the_state_does_not_break_the_ipv4_peer_network_check():
+    snap = Snapshot(nodes=SNAP.nodes, routes={"fd00:200::/64": "n2"})
+    desired = node_desired(snap, "n1", K[1], "10.51.0.0/16")
+    assert "fd00:200::/64" in desired.routes and "fd00:200::/64" in desired.peers[K[2]].allowed_ips
