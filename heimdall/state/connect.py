@@ -30,6 +30,7 @@ class StateLink:
         self.local = self._client(url=config.redis_url or None, host="127.0.0.1")
         self.state = State(self.local)
         self.master_address: str | None = None
+        self._closing: set[asyncio.Task] = set()
 
     def _client(self, *, url: str | None = None, host: str = "127.0.0.1") -> aioredis.Redis:
         options = dict(decode_responses=True, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT,
@@ -46,12 +47,15 @@ class StateLink:
             self.state = self.state.with_writer(self._client(host=address) if address else self.local)
             self.master_address = address
             if previous is not self.local:
-                # Closing is best effort; the old master may be gone.
-                asyncio.ensure_future(previous.aclose())
+                # Closing is best effort (the old master may be gone); the task is kept until it ends.
+                closing = asyncio.ensure_future(previous.aclose())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
             log.info("writing to the master at %s", address or "the local Redis")
         return self.state
 
     async def close(self) -> None:
+        await asyncio.gather(*self._closing, return_exceptions=True)
         if self.state.writer is not self.local:
             await self.state.writer.aclose()
         await self.local.aclose()
