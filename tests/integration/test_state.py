@@ -131,7 +131,8 @@ def test_replica_reads_snapshots_and_hears_every_event_in_order(redis_servers):
                         return
 
             listener = asyncio.create_task(listen())
-            await asyncio.sleep(0.1)  # subscribed
+            while (await r.pubsub_numsub(keys.EVENTS))[0][1] == 0:  # until the listener is subscribed
+                await asyncio.sleep(0.01)
             await join(state, "n1")
             await state.create_route("10.200.0.0/24", "n1")
             await state.set_master(MasterRecord("n1", "10.128.0.1", 1))
