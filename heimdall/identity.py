@@ -26,7 +26,8 @@ class IdentityError(Exception):
     """The data dir holds something unusable; the message names the file."""
 
 
-def _write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``text`` all at once, created with ``mode`` (never readable by others in between)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -42,7 +43,7 @@ def host_id(data_dir: Path, configured: str = "") -> str:
     path = Path(data_dir) / ID_FILE
     if configured:
         if not path.exists() or path.read_text().strip() != configured:
-            _write_atomic(path, configured + "\n", 0o644)
+            write_atomic(path, configured + "\n", 0o644)
         return configured
     if path.exists():
         value = path.read_text().strip()
@@ -80,7 +81,7 @@ class Membership:
         return str(ipaddress.ip_network(self.subnet)[1])
 
     def save(self, data_dir: Path) -> None:
-        _write_atomic(Path(data_dir) / MEMBERSHIP_FILE, json.dumps(asdict(self), indent=1) + "\n", 0o644)
+        write_atomic(Path(data_dir) / MEMBERSHIP_FILE, json.dumps(asdict(self), indent=1) + "\n", 0o644)
 
     @classmethod
     def load(cls, data_dir: Path) -> Membership | None:

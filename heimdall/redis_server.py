@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis.asyncio as aioredis
+
+from heimdall.identity import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,7 @@ class RedisServerConfig:
 
     def write(self) -> Path:
         """Write the config 0600 (it holds the password)."""
-        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.config_path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.render())
-        os.replace(tmp, self.config_path)
+        write_atomic(self.config_path, self.render(), 0o600)
         return self.config_path
 
 

@@ -30,7 +30,7 @@ from heimdall.state.connect import StateLink
 from heimdall.state.feed import SnapshotFeed
 from heimdall.topology import node_desired
 from heimdall.wg import keys, make_backend
-from heimdall.wg.model import WireGuardError
+from heimdall.wg.model import WireGuardError, join_endpoint
 
 BACKOFF_MAX = 5.0
 MEMBER_WAIT = 0.2
@@ -45,7 +45,6 @@ class WgAgent(Daemon):
     def __init__(self, config, config_loader=None) -> None:
         super().__init__(config, config_loader)
         self.dirty = asyncio.Event()
-        self.latest: Snapshot | None = None
         self.link: StateLink | None = None
         self.firewall: firewall.Firewall | None = None
 
@@ -58,8 +57,8 @@ class WgAgent(Daemon):
         self.public_key = keys.public_key(private_key)
         # pyroute2's synchronous API cannot run inside an event loop: kernel calls go to a thread.
         self.uplink, endpoint_ip = await asyncio.to_thread(uplink.resolve, c.node_interface, c.endpoint_ip)
-        self.endpoint = f"{endpoint_ip}:{c.endpoint_port}"
-        self.grpc_address = c.advertise_grpc_address or f"tcp://{endpoint_ip}:{c.addr.rsplit(':', 1)[1]}"
+        self.endpoint = join_endpoint(endpoint_ip, c.endpoint_port)
+        self.grpc_address = c.advertise_grpc_address or f"tcp://{join_endpoint(endpoint_ip, c.addr.rsplit(':', 1)[1])}"
         self.backend = await asyncio.to_thread(make_backend, c.interface_name, c.wireguard_backend)
         self.status(f"bringing up {c.interface_name} ({self.backend.kind})")
         ifindex = await asyncio.to_thread(self.backend.ensure_interface)
@@ -157,7 +156,6 @@ class WgAgent(Daemon):
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         """The feed has a newer snapshot (an event, or a changed revision): only mark the work."""
-        self.latest = snapshot
         self.dirty.set()
 
     async def _reconciler(self) -> None:
@@ -171,8 +169,8 @@ class WgAgent(Daemon):
             self.progress()
             if self.dirty.is_set():
                 self.dirty.clear()
-                if self.latest is not None:
-                    await self._reconcile(self.latest)
+                if self.feed.latest is not None:
+                    await self._reconcile(self.feed.latest)
 
     async def _reconcile(self, snapshot: Snapshot) -> None:
         state = self.link.follow(snapshot.master, self.node_id)
@@ -217,7 +215,7 @@ class WgAgent(Daemon):
         beat = 0
         while True:
             try:
-                if self.latest is not None:  # until a snapshot names the master, writes would go nowhere
+                if self.feed.latest is not None:  # until a snapshot names the master, writes would go nowhere
                     await self.link.state.heartbeat(self.node_id, time.time())
                     if beat % HANDSHAKE_EVERY == 0:  # handshakes renew every 2 minutes: no need to look often
                         reported = await self._report_handshakes(reported)

@@ -9,7 +9,6 @@ come and go.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import secrets
 from collections.abc import Iterable
@@ -20,28 +19,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from heimdall.wg import links
 from heimdall.wg.backend import WireGuardBackend
-from heimdall.wg.model import PeerPlan, WgDevice, WgPeer, WgPeerStatus, WireGuardError
-
-
-def split_endpoint(endpoint: str) -> tuple[str, int]:
-    """("192.0.2.1", 10100) from "192.0.2.1:10100", ("2001:db8::1", 10100) from "[2001:db8::1]:10100".
-
-    The kernel takes an address, not a name, and an IPv6 address needs its brackets.
-    """
-    host, _, port = endpoint.rpartition(":")
-    bracketed = host.startswith("[") and host.endswith("]")
-    try:
-        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
-        number = int(port)
-    except ValueError:
-        address, number = None, 0
-    if address is None or bracketed != (address.version == 6) or not 0 < number < 65536:
-        raise ValueError(f"endpoint {endpoint!r} is not IPv4:port or [IPv6]:port")
-    return str(address), number
-
-
-def format_endpoint(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+from heimdall.wg.model import (PeerPlan, WgDevice, WgPeer, WgPeerStatus, WireGuardError, join_endpoint,
+                                 split_endpoint)
 
 
 def peer_request(peer: WgPeer) -> dict:
@@ -89,7 +68,7 @@ def parse_device(ifname: str, messages: Iterable) -> WgDevice:
         peer = WgPeer(
             key,
             tuple(allowed[key]),
-            format_endpoint(endpoint["addr"], endpoint["port"]) if endpoint else None,
+            join_endpoint(endpoint["addr"], endpoint["port"]) if endpoint else None,
             attrs.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL") or 0,
         )
         peers[key] = WgPeerStatus(

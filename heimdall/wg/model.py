@@ -18,6 +18,35 @@ def normalize_network(value: str) -> str:
     return str(ipaddress.ip_network(value, strict=False))
 
 
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    """("192.0.2.1", 10100) from "192.0.2.1:10100", ("2001:db8::1", 10100) from "[2001:db8::1]:10100".
+
+    Both backends take an IP literal (neither resolves names); IPv6 needs its brackets.
+    """
+    host, sep, port = endpoint.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if not sep or not port.isdigit():
+        problem = "no port: it is not ip:port"
+    else:
+        try:
+            address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+        except ValueError:
+            problem = f"{host!r} is not an IP address"
+        else:
+            if bracketed != (address.version == 6):
+                problem = "write IPv6 as [address]:port, IPv4 without brackets"
+            elif not 0 < int(port) < 65536:
+                problem = f"port {port} is not 1-65535"
+            else:
+                return str(address), int(port)
+    raise ValueError(f"endpoint {endpoint!r} is not IPv4:port or [IPv6]:port ({problem})")
+
+
+def join_endpoint(address: str, port: int) -> str:
+    """The endpoint text of an address and port (IPv6 in brackets)."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 @dataclass(frozen=True)
 class WgPeer:
     """Configuration of one WireGuard peer (what we set, not runtime counters)."""
@@ -66,6 +95,8 @@ class PeerPlan:
     add: tuple[WgPeer, ...] = ()
     update: tuple[WgPeer, ...] = ()
     remove: tuple[str, ...] = ()  # public keys
+    # What each updated peer holds now (by public key): a backend may change less than the whole peer.
+    previous: dict[str, WgPeer] = field(default_factory=dict, compare=False)
 
     def __bool__(self) -> bool:
         return bool(self.add or self.update or self.remove)
@@ -80,7 +111,7 @@ def plan_peers(desired: dict[str, WgPeer], actual: dict[str, WgPeer]) -> PeerPla
     An actual endpoint is only a difference when the desired peer names one:
     WireGuard learns roaming endpoints by itself and we must not fight it.
     """
-    add, update = [], []
+    add, update, previous = [], [], {}
     for key, want in sorted(desired.items()):
         have = actual.get(key)
         if have is None:
@@ -92,8 +123,9 @@ def plan_peers(desired: dict[str, WgPeer], actual: dict[str, WgPeer]) -> PeerPla
             or (want.endpoint is not None and have.endpoint != want.endpoint)
         ):
             update.append(want)
+            previous[key] = have
     remove = tuple(sorted(k for k in actual if k not in desired))
-    return PeerPlan(tuple(add), tuple(update), remove)
+    return PeerPlan(tuple(add), tuple(update), remove, previous)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ refused whole and changes nothing.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import os
 import shutil
 import socket
@@ -26,7 +25,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from heimdall.wg import keys, links
 from heimdall.wg.backend import WireGuardBackend
-from heimdall.wg.model import PeerPlan, WgDevice, WgPeer, WgPeerStatus, WireGuardError
+from heimdall.wg.model import (PeerPlan, WgDevice, WgPeer, WgPeerStatus, WireGuardError, join_endpoint,
+                                 split_endpoint)
 
 SOCKET_DIR = "/var/run/wireguard"  # fixed in wireguard-go
 UAPI_TIMEOUT = 5.0  # seconds for one request; wireguard-go answers in microseconds
@@ -76,20 +76,8 @@ def _port(value: int, what: str) -> int:
 
 
 def format_endpoint(endpoint: str) -> str:
-    """Validate "ip:port" / "[ipv6]:port" (an IP literal: wireguard-go does not resolve names)."""
-    host, sep, port = endpoint.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"endpoint {endpoint!r} is not ip:port")
-    is_v6 = host.startswith("[") and host.endswith("]")
-    try:
-        ip = ipaddress.ip_address(host[1:-1] if is_v6 else host)
-    except ValueError:
-        raise ValueError(f"endpoint {endpoint!r}: {host!r} is not an IP address") from None
-    if (ip.version == 6) != is_v6:
-        raise ValueError(f"endpoint {endpoint!r}: write IPv6 as [address]:port, IPv4 without brackets")
-    if not 0 < int(port) < 65536:
-        raise ValueError(f"endpoint {endpoint!r}: port {port} is not 1-65535")
-    return f"[{ip}]:{port}" if is_v6 else f"{ip}:{port}"
+    """An endpoint as the UAPI takes it: validated and normalized (ValueError otherwise)."""
+    return join_endpoint(*split_endpoint(endpoint))
 
 
 def format_device_set(private_key: str | None = None, listen_port: int | None = None) -> str:
@@ -124,10 +112,10 @@ def _peer_lines(peer: WgPeer, current: WgPeer | None = None) -> list[str]:
     return lines
 
 
-def format_peers_set(plan: PeerPlan, current: dict[str, WgPeer] | None = None) -> str:
+def format_peers_set(plan: PeerPlan) -> str:
     """One ``set=1`` request carrying a whole plan; removals first, so an
     allowed IP moving from a removed peer to a new one ends up on the new one.
-    ``current`` (the interface's peers now) lets updates that only add allowed IPs add just those."""
+    The plan's ``previous`` lets updates that only add allowed IPs add just those."""
     lines = ["set=1"]
     for key in plan.remove:
         try:
@@ -137,7 +125,7 @@ def format_peers_set(plan: PeerPlan, current: dict[str, WgPeer] | None = None) -
     for peer in plan.add:
         lines += _peer_lines(peer)
     for peer in plan.update:
-        lines += _peer_lines(peer, (current or {}).get(peer.public_key))
+        lines += _peer_lines(peer, plan.previous.get(peer.public_key))
     return "\n".join(lines) + "\n\n"
 
 
@@ -255,9 +243,8 @@ class UserspaceBackend(WireGuardBackend):
         if not plan:
             return
         step = f"applying peers {plan.summary()}"
-        current = self.device().peer_configs() if plan.update else None
         try:
-            request = format_peers_set(plan, current)
+            request = format_peers_set(plan)
         except ValueError as exc:
             raise WireGuardError(f"{self.ifname}: {step}: {exc} (nothing was changed)") from exc
         self._uapi(request, step)

@@ -146,8 +146,8 @@ def test_an_update_that_only_adds_allowed_ips_sends_just_those_without_a_replace
     key = "A" * 43 + "="
     before = WgPeer(key, ("10.129.0.0/16",))
     grown = WgPeer(key, ("10.129.0.0/16", "192.168.200.0/24"))
-    request = format_peers_set(PeerPlan(update=(grown,)), {key: before})
+    request = format_peers_set(PeerPlan(update=(grown,), previous={key: before}))
     assert "replace_allowed_ips" not in request
     assert "allowed_ip=192.168.200.0/24" in request and "allowed_ip=10.129.0.0/16" not in request
-    shrunk = format_peers_set(PeerPlan(update=(before,)), {key: grown})  # must drop one: a replace
+    shrunk = format_peers_set(PeerPlan(update=(before,), previous={key: grown}))  # must drop one: a replace
     assert "replace_allowed_ips=true" in shrunk and "allowed_ip=10.129.0.0/16" in shrunk

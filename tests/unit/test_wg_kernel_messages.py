@@ -9,7 +9,8 @@ import pytest
 from pyroute2.netlink.generic.wireguard import wgmsg
 
 from heimdall.wg import keys
-from heimdall.wg.kernel import parse_device, peer_request, split_endpoint
+from heimdall.wg.kernel import parse_device, peer_request
+from heimdall.wg.model import split_endpoint
 from heimdall.wg.model import WgPeer
 
 PRIVATE = keys.generate_private_key()

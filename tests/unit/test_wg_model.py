@@ -68,3 +68,12 @@ def test_a_key_readable_by_others_is_refused(tmp_path):
 def test_invalid_keys_are_rejected(bad):
     with pytest.raises(ValueError, match="not a WireGuard key"):
         keys.validate_key(bad)
+
+
+def test_plan_remembers_what_each_updated_peer_holds_now():
+    from heimdall.wg.model import WgPeer, plan_peers
+
+    key = "A" * 43 + "="
+    have = WgPeer(key, ("10.1.0.0/16",))
+    plan = plan_peers({key: WgPeer(key, ("10.1.0.0/16", "10.2.0.0/16"))}, {key: have})
+    assert plan.previous == {key: have} and len(plan.update) == 1
