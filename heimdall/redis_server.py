@@ -36,6 +36,7 @@ class RedisServerConfig:
     replica_priority: int = 100  # lower = preferred by Sentinel; 0 = never promoted
     persistence: bool = True
     extra: dict[str, str] = field(default_factory=dict)
+    mode_args: tuple[str, ...] = ()  # redis-server's arguments after the config file (a sentinel: --sentinel)
 
     @property
     def config_path(self) -> Path:
@@ -95,7 +96,7 @@ def redis_log_line(line: str) -> tuple[int, str]:
 
 
 class RedisServerProcess:
-    """One redis-server child process, started from a RedisServerConfig.
+    """One redis-server child process, started from a RedisServerConfig (or a sentinel's config).
 
     Its output is relayed through our logging, so under journald its lines carry
     syslog priorities (its warnings are warnings) and no second timestamp.
@@ -116,7 +117,7 @@ class RedisServerProcess:
 
     async def start(self, timeout: float = 10.0) -> None:
         path = self.config.write()
-        self.process = await asyncio.create_subprocess_exec(redis_server_binary(), str(path),
+        self.process = await asyncio.create_subprocess_exec(redis_server_binary(), str(path), *self.config.mode_args,
                                                             stdout=asyncio.subprocess.PIPE,
                                                             stderr=asyncio.subprocess.STDOUT)
         self._relay = asyncio.ensure_future(_relay_output(self.process.stdout))

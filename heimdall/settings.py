@@ -198,6 +198,11 @@ SETTINGS: tuple[Setting, ...] = (
             "gRPC address of an existing node to join (tcp://IP:9000); empty: bootstrap a new cluster", NODE),
     Setting("redis-port", port, "16379", "port of the node's embedded redis-server", NODE),
     Setting("redis-url", text_value, "", "use this existing Redis instead of the embedded one (redis://...)", NODE),
+    # -- election
+    Setting("sentinel-port", port, "26379", "port of the node's Redis Sentinel (heimdall-elector; tunnel address only)",
+            NODE),
+    Setting("failover-after", positive_float, "1",
+            "seconds the master may stay silent before the sentinels call it down and elect another", NODE),
     # -- networks
     Setting("node-network", ipv4_network, "10.128.0.0/9", "pool that node subnets are allocated from", NODE),
     Setting("node-subnet-prefix", prefix_length, "16", "prefix length of each node's subnet", NODE),

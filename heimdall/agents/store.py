@@ -3,8 +3,13 @@
 It writes the Redis config itself (bind 127.0.0.1 and the tunnel address only,
 a password derived from the cluster key, data under the data dir), runs
 redis-server as a child and restarts it if it dies. It points the local Redis at
-the master named by the membership file at first (the local Redis is empty
-until it replicates), then by the replicated ``heimdall:master`` record.
+the master the node's sentinel (heimdall-elector) names, woken by its
+``+switch-master``; before that sentinel runs, at the master named by the
+replicated ``heimdall:master`` record, or by the membership file while the
+local Redis is still empty. It also keeps the settings that make failover safe:
+``min-replicas-to-write 1`` once the cluster has two nodes (an isolated or stale
+master refuses writes), and ``replica-priority`` by join order (Sentinel
+promotes the oldest surviving node).
 With ``--redis-url`` there is nothing to run: the daemon only watches that Redis.
 """
 from __future__ import annotations
@@ -19,11 +24,14 @@ from heimdall import cluster, identity
 from heimdall.daemon import Daemon
 from heimdall.identity import Membership
 from heimdall.redis_server import RedisServerConfig, RedisServerProcess, RedisServerError
-from heimdall.state import State
+from heimdall.sentinel import MASTER_NAME
+from heimdall.state import NodeRecord, State
 
 POLL = 0.2  # membership file and bind checks while joining; not on any steady-state path
 TICK = 1.0  # the settled main loop's wake-up: progress for the watchdog, nothing more
 RESTART_BACKOFF_MAX = 10.0
+SENTINEL_TIMEOUT = 1.0
+MAX_REPLICA_LAG = 2  # seconds without a replica's acknowledgement before it stops counting for writes
 
 
 class StoreAgent(Daemon):
@@ -34,6 +42,7 @@ class StoreAgent(Daemon):
         self.server: RedisServerProcess | None = None
         self.replicating_from: str | None = None  # "" = we are master, None = not decided
         self.bound_tunnel = False
+        self.tuned: tuple[int, int] | None = None  # (min-replicas-to-write, replica-priority) last set
         self.changed = asyncio.Event()
 
     async def start(self) -> None:
@@ -48,8 +57,11 @@ class StoreAgent(Daemon):
     def _server_config(self, membership: Membership | None) -> RedisServerConfig:
         # The tunnel address may not exist yet: "-" makes it optional; _bind_tunnel adds it once it does.
         bind = ("127.0.0.1", f"-{membership.tunnel_address}") if membership else ("127.0.0.1",)
+        # A member starts refusing writes without a replica (it may be a stale master back from the dead);
+        # _tune lowers that to 0 if the cluster turns out to be this node alone.
+        safety = {"min-replicas-to-write": "1" if membership else "0", "min-replicas-max-lag": str(MAX_REPLICA_LAG)}
         return RedisServerConfig(port=self.config.redis_port, data_dir=Path(self.config.data_dir) / "redis",
-                                 password=self.password, bind=bind)
+                                 password=self.password, bind=bind, extra=safety)
 
     async def _start_server(self) -> None:
         membership = Membership.load(self.config.data_dir)
@@ -58,6 +70,7 @@ class StoreAgent(Daemon):
         await self.server.start()
         self.replicating_from = None
         self.bound_tunnel = False
+        self.tuned = None
         await self._follow_master()
 
     @property
@@ -75,19 +88,52 @@ class StoreAgent(Daemon):
             if not self.bound_tunnel:
                 self.bound_tunnel = await self._bind_tunnel(client, membership)
             try:
-                master = await State(client).master()
+                state = State(client)
+                master, nodes = await state.master(), await state.nodes()
+                if nodes:
+                    await self._tune(client, nodes)
             except RedisError:
                 master = None
-        if master is None:  # not replicated yet: the membership file knows
+        elected = await self._sentinel_master()
+        if elected is not None:  # the election's word is the newest
+            target = "" if elected == membership.tunnel_address else elected
+        elif master is None:  # not replicated yet: the membership file knows
             target = "" if membership.master_node_id == self.node_id else membership.master_address
         else:
             target = "" if master.node_id == self.node_id else master.address
         await self._replicate_from(target)
 
+    async def _sentinel_master(self) -> str | None:
+        """The master's address as the node's own sentinel sees it; None while it has no answer."""
+        try:
+            async with self._sentinel() as sentinel:
+                answer = await sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
+        except (RedisError, OSError) as exc:
+            self.log.debug("no answer from the local sentinel: %s", exc)
+            return None
+        return answer[0] if answer else None
+
+    def _sentinel(self) -> aioredis.Redis:
+        return aioredis.Redis(host="127.0.0.1", port=self.config.sentinel_port, password=self.password,
+                              decode_responses=True, socket_timeout=SENTINEL_TIMEOUT,
+                              socket_connect_timeout=SENTINEL_TIMEOUT)
+
+    async def _tune(self, client, nodes: dict[str, NodeRecord]) -> None:
+        """Writes need a replica once there is another node; the oldest node is promoted first."""
+        oldest_first = sorted(nodes.values(), key=lambda n: (n.joined_at, n.id))
+        rank = next((i for i, n in enumerate(oldest_first, 1) if n.id == self.node_id), len(oldest_first) + 1)
+        wanted = (1 if len(nodes) > 1 else 0, rank)
+        if wanted != self.tuned:
+            await client.config_set("min-replicas-to-write", wanted[0])
+            await client.config_set("replica-priority", wanted[1])
+            self.log.info("min-replicas-to-write %d, replica-priority %d (join order)", *wanted)
+            self.tuned = wanted
+
     async def _bind_tunnel(self, client, membership: Membership) -> bool:
         bind = f"127.0.0.1 {membership.tunnel_address}"
         try:
             await client.config_set("bind", bind)
+            await client.config_set("replica-announce-ip", membership.tunnel_address)  # as sentinels know it
         except RedisError as exc:
             self.log.debug("cannot bind %s yet: %s", membership.tunnel_address, exc)
             return False
@@ -111,7 +157,7 @@ class StoreAgent(Daemon):
     def tasks(self):
         if self.config.redis_url:
             return [self._watch_external()]
-        return [self._supervise(), self._follower(), self._listen()]
+        return [self._supervise(), self._follower(), self._listen(), self._listen_sentinel()]
 
     async def _supervise(self) -> None:
         """Restart redis-server when it dies, with backoff, and re-point it."""
@@ -135,6 +181,20 @@ class StoreAgent(Daemon):
                 async with self.client as client:
                     async for event in State(client).events():
                         if event.kind == "master":
+                            self.changed.set()
+            except (RedisError, OSError):
+                await asyncio.sleep(1.0)
+
+    async def _listen_sentinel(self) -> None:
+        """The node's sentinel switching to a new master wakes the follower at once."""
+        while True:
+            try:
+                async with self._sentinel() as sentinel, sentinel.pubsub() as pubsub:
+                    await pubsub.subscribe("+switch-master")
+                    while True:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=TICK)
+                        if message is not None:
+                            self.log.info("the local sentinel switched the master: %s", message["data"])
                             self.changed.set()
             except (RedisError, OSError):
                 await asyncio.sleep(1.0)

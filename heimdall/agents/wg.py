@@ -25,7 +25,7 @@ from heimdall.api.tls import TlsOptions
 from heimdall.daemon import Daemon, watchdog_interval
 from heimdall.identity import Membership
 from heimdall.reconciler import apply_desired
-from heimdall.state import MasterRecord, NodeRecord, Pool, Snapshot, StateError
+from heimdall.state import NodeRecord, Pool, Snapshot, StateError
 from heimdall.state.connect import StateLink
 from heimdall.state.feed import SnapshotFeed
 from heimdall.topology import node_desired
@@ -91,9 +91,8 @@ class WgAgent(Daemon):
         while True:
             try:
                 record = await self._register(state)
-                snapshot = await state.snapshot()
-                if snapshot.master is None:
-                    await state.set_master(MasterRecord(self.node_id, record.tunnel_address, 1))
+                if await state.master() is None:
+                    await state.elect_master(self.node_id, record.tunnel_address)
                 break
             except (RedisError, OSError) as exc:
                 self.log.debug("local Redis not ready: %s", exc)

@@ -170,7 +170,7 @@ class LabNode(_OnHost):
             dump.append(key + "\n" + self.redis(command, key))
         return "\n".join(dump)
 
-    def api(self, method: str, request):
+    def api(self, method: str, request, timeout: float | None = None):
         """Call ``method`` of this node's API over its operator socket, from outside the host.
 
         Without a CLI starting up first, so benchmarks time the call itself.
@@ -181,7 +181,7 @@ class LabNode(_OnHost):
         async def call():
             async with client.dial(f"unix://{self.host.path(OPERATOR_SOCKET)}") as channel:
                 stub = heimdall_pb2_grpc.HeimdallStub(channel)
-                return await getattr(stub, method)(request, timeout=client.CALL_TIMEOUT)
+                return await getattr(stub, method)(request, timeout=timeout or client.CALL_TIMEOUT)
 
         return asyncio.run(call())
 

@@ -114,6 +114,14 @@ class Host:
         if self._holder is not None:
             _kill_namespace_processes(self.netns, spare={self._holder.pid})
 
+    def crash(self) -> None:
+        """Power loss, as far as processes go: SIGKILL every process on this host at once, no grace."""
+        if self._holder is not None:
+            _kill_namespace_processes(self.netns, spare={self._holder.pid}, first=signal.SIGKILL)
+        for proc in self._spawned:
+            proc.wait()
+        self._spawned.clear()
+
     # -- setup and teardown, driven by Lab ------------------------------------------
     def _start_holder(self) -> None:
         script = ('set -e; hostname "$0"; for d; do mkdir -p "$d"; '
@@ -257,11 +265,12 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             proc.wait()
 
 
-def _kill_namespace_processes(ns: str, spare: frozenset[int] | set[int] = frozenset()) -> None:
-    """SIGTERM every process in netns ``ns`` but ``spare``; SIGKILL what is left after GRACE."""
+def _kill_namespace_processes(ns: str, spare: frozenset[int] | set[int] = frozenset(),
+                              first: int = signal.SIGTERM) -> None:
+    """Send ``first`` to every process in netns ``ns`` but ``spare``; SIGKILL what is left after GRACE."""
     identity = _ns_identity(f"/run/netns/{ns}")
     deadline = time.monotonic() + GRACE
-    sig = signal.SIGTERM
+    sig = first
     while pids := [pid for pid in _processes_in(identity) if pid not in spare]:
         for pid in pids:
             _signal_if_in(pid, identity, sig)

@@ -6,7 +6,7 @@ code that only needs records and pools (a peer host) does not pay for it.
 from heimdall.state.ipam import Pool
 from heimdall.state.records import MasterRecord, NodeRecord, PeerRecord, RecordError, Snapshot
 
-_STORE_NAMES = frozenset({"Denied", "Event", "PoolExhausted", "State", "StateError"})
+_STORE_NAMES = frozenset({"Denied", "Event", "NotReplicated", "PoolExhausted", "State", "StateError"})
 
 __all__ = ["MasterRecord", "NodeRecord", "PeerRecord", "Pool", "RecordError", "Snapshot", *sorted(_STORE_NAMES)]
 

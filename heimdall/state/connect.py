@@ -10,6 +10,8 @@ import asyncio
 import logging
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from heimdall import cluster
 from heimdall.settings import Config
@@ -18,7 +20,8 @@ from heimdall.state.store import State
 
 log = logging.getLogger(__name__)
 
-SOCKET_TIMEOUT = 5.0
+SOCKET_TIMEOUT = 5.0  # longer than a write's wait for its replicas (store.REPLICA_ACK_TIMEOUT_MS)
+MASTER_CONNECT_TIMEOUT = 1.0  # the master is one tunnel hop away: a dead one is not waited for
 
 
 class StateLink:
@@ -37,6 +40,8 @@ class StateLink:
                        health_check_interval=10)
         if url:
             return aioredis.Redis.from_url(url, **options)
+        if host != "127.0.0.1":  # another node's: a write to a master that died fails at once, no retries
+            options.update(socket_connect_timeout=MASTER_CONNECT_TIMEOUT, retry=Retry(NoBackoff(), 0))
         return aioredis.Redis(host=host, port=self.config.redis_port, password=self.password, **options)
 
     def follow(self, master: MasterRecord | None, own_id: str) -> State:

@@ -37,6 +37,14 @@ class PoolExhausted(StateError):
     """No free subnet or address is left in the pool."""
 
 
+class NotReplicated(StateError):
+    """The master applied a write but no replica acknowledged it in time: it may be lost in a failover,
+    so it is not reported as done (the caller may retry; every write is idempotent)."""
+
+
+REPLICA_ACK_TIMEOUT_MS = 2000  # how long a write waits for its replicas (they acknowledge in milliseconds)
+
+
 @dataclass(frozen=True)
 class Event:
     """One change notice from the events channel."""
@@ -98,6 +106,7 @@ class State:
         self.reader = reader
         self.writer = writer or reader
         self._write_script = self.writer.register_script(_script("write.lua"))
+        self._master_script = self.writer.register_script(_script("master.lua"))
         self._snapshot_script = self.reader.register_script(_script("snapshot.lua"))
 
     def with_writer(self, writer: aioredis.Redis) -> State:
@@ -126,6 +135,16 @@ class State:
         """One node's record (None if unknown or malformed)."""
         return _record_or_none(NodeRecord, await self.reader.hgetall(keys.node(node_id)), "node")
 
+    async def nodes(self) -> dict[str, NodeRecord]:
+        """Every node's record (malformed ones left out), without reading the rest of the state."""
+        ids = sorted(await self.reader.smembers(keys.NODES))
+        async with self.reader.pipeline(transaction=False) as pipe:
+            for node_id in ids:
+                pipe.hgetall(keys.node(node_id))
+            rows = await pipe.execute()
+        records = (_record_or_none(NodeRecord, row, "node") for row in rows)
+        return {record.id: record for record in records if record is not None}
+
     async def master(self) -> MasterRecord | None:
         return _record_or_none(MasterRecord, await self.reader.hgetall(keys.MASTER), "master")
 
@@ -153,15 +172,22 @@ class State:
             request["alloc"] = alloc
         # cjson turns empty tables into objects; make empty lists absent instead.
         request = {k: v for k, v in request.items() if v != []}
-        try:
-            rev, allocation = await self._write_script(keys=[keys.REV, keys.EVENTS], args=[json.dumps(request)])
-        except ResponseError as exc:
-            text = str(exc)
-            if text.startswith("DENIED "):
-                raise Denied(text[len("DENIED "):]) from None
-            if text.startswith("FULL "):
-                raise PoolExhausted(text[len("FULL "):]) from None
-            raise StateError(f"{kind} {id_}: {text}") from None
+        # One connection for the script and its WAIT: WAIT counts the replicas holding this connection's writes.
+        async with self.writer.client() as connection:
+            try:
+                rev, allocation, good_replicas = await self._write_script(
+                    keys=[keys.REV, keys.EVENTS], args=[json.dumps(request)], client=connection)
+            except ResponseError as exc:
+                text = str(exc)
+                if text.startswith("DENIED "):
+                    raise Denied(text[len("DENIED "):]) from None
+                if text.startswith("FULL "):
+                    raise PoolExhausted(text[len("FULL "):]) from None
+                raise StateError(f"{kind} {id_}: {text}") from None
+            # No good replica: a cluster of one node, or a Redis run by its owner (--redis-url). A node of a
+            # larger cluster never gets here without one: min-replicas-to-write refused the script.
+            if int(good_replicas):
+                await _wait_for_replicas(connection, int(good_replicas), f"{kind} {id_}")
         return int(rev), allocation
 
     async def upsert_node(self, node_id: str, *, name: str, public_key: str, endpoint: str,
@@ -231,9 +257,21 @@ class State:
             await self._write("route", network, [["HDEL", keys.ROUTES, network]])
         return bool(existed)
 
-    async def set_master(self, master: MasterRecord) -> None:
-        await self._write("master", master.node_id, [["HSET", keys.MASTER, *_flatten(master.to_hash())]])
+    async def elect_master(self, node_id: str, address: str) -> MasterRecord:
+        """Name ``node_id`` (its Redis at ``address``) master in the writer's Redis; the epoch goes up by one
+        if that changes the record (heimdall-elector, after Sentinel promoted that Redis)."""
+        epoch = await self._master_script(keys=[keys.MASTER, keys.REV, keys.EVENTS], args=[node_id, address])
+        return MasterRecord(node_id, address, int(epoch))
 
 
-def _flatten(fields: dict[str, str]) -> list[str]:
-    return [x for kv in fields.items() for x in kv]
+async def _wait_for_replicas(connection: aioredis.Redis, good_replicas: int, what: str) -> None:
+    """Return once every good replica holds the connection's last write.
+
+    Every one, not just one: Sentinel promotes by replica-priority first (the oldest node), so the
+    replica it picks must already hold every acknowledged write.
+    """
+    wanted = good_replicas
+    acknowledged = await connection.wait(wanted, REPLICA_ACK_TIMEOUT_MS)
+    if acknowledged < wanted:
+        raise NotReplicated(f"{what}: {acknowledged} of {wanted} replicas acknowledged the write within "
+                            f"{REPLICA_ACK_TIMEOUT_MS} ms; try again")

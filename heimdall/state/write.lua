@@ -10,8 +10,15 @@
 --   ops     = [[COMMAND, key, args...]]                      -- "$alloc" in args is the allocation;
 --   kind, id                                                 -- the event published after the bump
 -- }
--- Returns {rev, allocation or ""}. Errors: "DENIED <message>", "FULL <message>".
+-- Returns {rev, allocation or "", good replicas}: the caller then WAITs until they all hold the write
+-- (good: online and acknowledged within 2 s, as Redis counts them for min-replicas-to-write).
+-- Errors: "DENIED <message>", "FULL <message>".
 local req = cjson.decode(ARGV[1])
+
+local good_replicas = 0
+for state, lag in string.gmatch(redis.call('INFO', 'replication'), 'slave%d+:[^\r\n]*state=(%w+),[^\r\n]*lag=(%d+)') do
+  if state == 'online' and tonumber(lag) <= 2 then good_replicas = good_replicas + 1 end
+end
 
 for _, g in ipairs(req.guards or {}) do
   local value = redis.call('HGET', g.key, g.field)
@@ -60,4 +67,4 @@ end
 
 local rev = redis.call('INCR', KEYS[1])
 redis.call('PUBLISH', KEYS[2], cjson.encode({rev = rev, kind = req.kind, id = req.id}))
-return {rev, allocation}
+return {rev, allocation, good_replicas}

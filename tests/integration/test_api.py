@@ -62,7 +62,7 @@ async def make_member(state: State, config: settings.Config, node_id: str = NODE
     """What heimdall-wg does when bootstrapping: the node's record, and the master record."""
     record = await state.upsert_node(node_id, name="gw1", public_key=NODE_KEY, endpoint="192.0.2.1:10100",
                                      grpc_address=config.addr, pool=Pool(config.node_network, config.node_subnet_prefix))
-    await state.set_master(MasterRecord(node_id, record.tunnel_address, 1))
+    await state.elect_master(node_id, record.tunnel_address)
 
 
 class Node:

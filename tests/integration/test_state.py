@@ -135,7 +135,7 @@ def test_replica_reads_snapshots_and_hears_every_event_in_order(redis_servers):
                 await asyncio.sleep(0.01)
             await join(state, "n1")
             await state.create_route("10.200.0.0/24", "n1")
-            await state.set_master(MasterRecord("n1", "10.128.0.1", 1))
+            assert await state.elect_master("n1", "10.128.0.1") == MasterRecord("n1", "10.128.0.1", 1)
             await asyncio.wait_for(listener, 5)
             with pytest.raises(Denied, match="no node"):
                 await state.create_route("10.201.0.0/24", "ghost")
