@@ -32,6 +32,7 @@ PEER = frozenset({"heimdall-peer"})
 CLI = frozenset({"hctl"})
 PROGRAMS = NODE | PEER | CLI
 ALL = PROGRAMS
+ELECTOR = frozenset({"heimdall-elector"})
 
 
 class ConfigError(Exception):
@@ -203,6 +204,12 @@ SETTINGS: tuple[Setting, ...] = (
             NODE),
     Setting("failover-after", positive_float, "1",
             "seconds the master may stay silent before the sentinels call it down and elect another", NODE),
+    Setting("witness", None, False, "heimdall-elector only: run just a sentinel, as the tie-breaking voter of a "
+            "two-node cluster (on a peer or any host that reaches the nodes' tunnel addresses)", ELECTOR),
+    Setting("witness-of", ip_address, None, "a witness: tunnel address of a node whose sentinel it asks where the "
+            "master is (repeatable)", ELECTOR, repeat=True),
+    Setting("sentinel-announce-ip", ip_address, "", "a witness: the address the nodes reach its sentinel on "
+            "(default: its own address on --interface-name)", ELECTOR),
     # -- networks
     Setting("node-network", ipv4_network, "10.128.0.0/9", "pool that node subnets are allocated from", NODE),
     Setting("node-subnet-prefix", prefix_length, "16", "prefix length of each node's subnet", NODE),

@@ -92,8 +92,10 @@ class ElectorAgent(Daemon):
             self.wake.clear()
 
     async def _step(self) -> float:
-        c = self.config
-        membership = Membership.load(c.data_dir)
+        return await (self._witness_step() if self.config.witness else self._node_step())
+
+    async def _node_step(self) -> float:
+        membership = Membership.load(self.config.data_dir)
         if membership is None:
             self.status("waiting for this node to join a cluster")
             return POLL
@@ -102,22 +104,73 @@ class ElectorAgent(Daemon):
         if self.node_id not in nodes:
             self.status("waiting for the local Redis to hold this node's record")
             return POLL
-        if self.sentinel is None or self.sentinel.process.returncode is not None:
-            if not await self._start_sentinel(membership, nodes):
+        voters = len(nodes) + len(await state.witnesses())
+        if not self._sentinel_running():
+            others = [n.tunnel_address for n in nodes.values() if n.id != self.node_id]
+            record = await state.master()
+            fallback = record.address if record is not None else membership.master_address
+            master = await self._best_known_master(others, fallback)
+            if not await self._start_sentinel(membership.tunnel_address, master, voters):
                 return POLL
         self._listen_to({n.tunnel_address for n in nodes.values()})
         while self.announced:  # any sentinel's word is enough to move the record at once
             await self._record_follows(self.announced.pop(0), nodes)
-        async with self.sentinel.client() as local:
-            view = MasterView.from_reply(await local.execute_command("SENTINEL", "MASTER", MASTER_NAME))
-            quorum = sentinel.majority(len(nodes))
-            if view.quorum != quorum:
-                await local.execute_command("SENTINEL", "SET", MASTER_NAME, "quorum", str(quorum))
-                self.log.info("quorum set to %d of %d nodes", quorum, len(nodes))
+        view = await self._steer(voters)
         if view.down:
             self.status(f"master {view.ip} is down (as this sentinel sees it); waiting for the election")
             return TICK
         return await self._record_follows(view.ip, nodes)
+
+    async def _witness_step(self) -> float:
+        """A witness: a sentinel that votes, registered as a voter with the master, and nothing else."""
+        c = self.config
+        announce = c.sentinel_announce_ip or await self._interface_address()
+        if not announce:
+            self.status(f"waiting for an address on {c.interface_name} (or set sentinel-announce-ip)")
+            return POLL
+        if not self._sentinel_running():
+            master = await self._best_known_master(c.witness_of or [], None)
+            if master is None:
+                self.status(f"no node's sentinel answers at {', '.join(c.witness_of or []) or '(witness-of unset)'}")
+                return POLL
+            if not await self._start_sentinel(announce, master, len(c.witness_of or []) + 1):
+                return POLL
+        async with self.sentinel.client() as local:
+            view = MasterView.from_reply(await local.execute_command("SENTINEL", "MASTER", MASTER_NAME))
+        if view.down:
+            self.status(f"master {view.ip} is down (as this sentinel sees it); voting")
+            return TICK
+        async with self._redis(view.ip) as master:
+            state = State(master)
+            nodes, witnesses = await state.nodes(), await state.witnesses()
+            if witnesses.get(self.node_id) != announce:
+                await state.register_witness(self.node_id, announce)
+                self.log.info("registered as a witness of %d nodes, sentinel at %s", len(nodes), announce)
+                witnesses[self.node_id] = announce
+        await self._steer(len(nodes) + len(witnesses))
+        self.status(f"witness: master at {view.ip}, {len(nodes)} nodes, {len(witnesses)} witnesses")
+        return TICK
+
+    async def _interface_address(self) -> str | None:
+        from heimdall import uplink  # pyroute2: only a witness loads it
+
+        try:
+            return await asyncio.to_thread(uplink.interface_ipv4, self.config.interface_name)
+        except uplink.UplinkError:
+            return None
+
+    async def _steer(self, voters: int) -> MasterView:
+        """Keep the sentinel's quorum at a majority of the voters; return its view of the master."""
+        async with self.sentinel.client() as local:
+            view = MasterView.from_reply(await local.execute_command("SENTINEL", "MASTER", MASTER_NAME))
+            quorum = sentinel.majority(voters)
+            if view.quorum != quorum:
+                await local.execute_command("SENTINEL", "SET", MASTER_NAME, "quorum", str(quorum))
+                self.log.info("quorum set to %d of %d voters", quorum, voters)
+        return view
+
+    def _sentinel_running(self) -> bool:
+        return self.sentinel is not None and self.sentinel.process.returncode is None
 
     async def _record_follows(self, address: str, nodes: dict[str, NodeRecord]) -> float:
         """Name the node whose Redis at ``address`` Sentinel made master in that Redis, if the record
@@ -141,12 +194,11 @@ class ElectorAgent(Daemon):
         self.log.info("master record: %s (%s) at %s, epoch %d", node.name, node.id, address, record.epoch)
         return FAST  # until the local replica shows it
 
-    async def _start_sentinel(self, membership: Membership, nodes: dict[str, NodeRecord]) -> bool:
+    async def _start_sentinel(self, announce_ip: str, master: str, voters: int) -> bool:
         c = self.config
-        master = await self._best_known_master(nodes, membership)
         config = SentinelConfig(port=c.sentinel_port, data_dir=Path(c.data_dir) / "sentinel", password=self.password,
-                                announce_ip=membership.tunnel_address, myid=sentinel.sentinel_id(self.node_id),
-                                master_ip=master, redis_port=c.redis_port, quorum=sentinel.majority(len(nodes)),
+                                announce_ip=announce_ip, myid=sentinel.sentinel_id(self.node_id),
+                                master_ip=master, redis_port=c.redis_port, quorum=sentinel.majority(voters),
                                 down_after_ms=int(c.failover_after * 1000))
         process = RedisServerProcess(config)
         try:
@@ -155,20 +207,16 @@ class ElectorAgent(Daemon):
             self.log.warning("sentinel not started yet: %s", exc)
             return False
         self.sentinel = process
-        self.log.info("sentinel %s on %s:%d monitors the master at %s (quorum %d of %d)", config.myid[:8],
-                      config.announce_ip, config.port, master, config.quorum, len(nodes))
+        self.log.info("sentinel %s on %s:%d monitors the master at %s (quorum %d of %d voters)", config.myid[:8],
+                      announce_ip, config.port, master, config.quorum, voters)
         return True
 
-    async def _best_known_master(self, nodes: dict[str, NodeRecord], membership: Membership) -> str:
-        """Where to point a (re)started sentinel: the master of the newest configuration the other
-        nodes' sentinels report, else the record, else the master this node joined."""
-        others = [n.tunnel_address for n in nodes.values() if n.id != self.node_id]
-        views = await asyncio.gather(*(self._sentinel_view(address) for address in others))
+    async def _best_known_master(self, sentinels: list[str], fallback: str | None) -> str | None:
+        """Where to point a (re)started sentinel: the master of the newest configuration (highest
+        config epoch) that the sentinels at ``sentinels`` report, else ``fallback``."""
+        views = await asyncio.gather(*(self._sentinel_view(address) for address in sentinels))
         known = [v for v in views if v is not None]
-        if known:
-            return max(known, key=lambda v: v.config_epoch).ip
-        record = await self.link.state.master()
-        return record.address if record is not None else membership.master_address
+        return max(known, key=lambda v: v.config_epoch).ip if known else fallback
 
     async def _sentinel_view(self, address: str) -> MasterView | None:
         try:

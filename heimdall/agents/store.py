@@ -7,8 +7,8 @@ the master the node's sentinel (heimdall-elector) names, woken by its
 ``+switch-master``; before that sentinel runs, at the master named by the
 replicated ``heimdall:master`` record, or by the membership file while the
 local Redis is still empty. It also keeps the settings that make failover safe:
-``min-replicas-to-write 1`` once the cluster has two nodes (an isolated or stale
-master refuses writes), and ``replica-priority`` by join order (Sentinel
+``min-replicas-to-write 1`` once a failover is possible (three voters: an
+isolated or stale master refuses writes), and ``replica-priority`` by join order (Sentinel
 promotes the oldest surviving node).
 With ``--redis-url`` there is nothing to run: the daemon only watches that Redis.
 """
@@ -91,7 +91,7 @@ class StoreAgent(Daemon):
                 state = State(client)
                 master, nodes = await state.master(), await state.nodes()
                 if nodes:
-                    await self._tune(client, nodes)
+                    await self._tune(client, nodes, len(await state.witnesses()))
             except RedisError:
                 master = None
         elected = await self._sentinel_master()
@@ -118,11 +118,13 @@ class StoreAgent(Daemon):
                               decode_responses=True, socket_timeout=SENTINEL_TIMEOUT,
                               socket_connect_timeout=SENTINEL_TIMEOUT)
 
-    async def _tune(self, client, nodes: dict[str, NodeRecord]) -> None:
-        """Writes need a replica once there is another node; the oldest node is promoted first."""
+    async def _tune(self, client, nodes: dict[str, NodeRecord], witnesses: int) -> None:
+        """Writes need a replica once a failover can happen (three voters or more: then an isolated master
+        must not take writes the others will never see); the oldest node is promoted first."""
         oldest_first = sorted(nodes.values(), key=lambda n: (n.joined_at, n.id))
         rank = next((i for i, n in enumerate(oldest_first, 1) if n.id == self.node_id), len(oldest_first) + 1)
-        wanted = (1 if len(nodes) > 1 else 0, rank)
+        can_fail_over = len(nodes) > 1 and len(nodes) + witnesses >= 3
+        wanted = (1 if can_fail_over else 0, rank)
         if wanted != self.tuned:
             await client.config_set("min-replicas-to-write", wanted[0])
             await client.config_set("replica-priority", wanted[1])
@@ -175,12 +177,12 @@ class StoreAgent(Daemon):
                 delay = min(delay * 2, RESTART_BACKOFF_MAX)
 
     async def _listen(self) -> None:
-        """A change of master (an event on the local Redis) wakes the follower at once."""
+        """A change of master or of the voters (an event on the local Redis) wakes the follower at once."""
         while True:
             try:
                 async with self.client as client:
                     async for event in State(client).events():
-                        if event.kind == "master":
+                        if event.kind in ("master", "node", "witness"):  # who is master, or who votes
                             self.changed.set()
             except (RedisError, OSError):
                 await asyncio.sleep(1.0)

@@ -26,6 +26,7 @@ from heimdall.wg import keys
 NODE_DAEMONS = ("heimdall-store", "heimdall-wg", "heimdall-api", "heimdall-elector")
 IFNAME = "darknet"
 REDIS_PORT = 16379
+SENTINEL_PORT = 26379
 OPERATOR_SOCKET = "/run/heimdall/api.sock"
 BIN = Path(sys.executable).parent
 
@@ -162,6 +163,13 @@ class LabNode(_OnHost):
                             check=check)
         return out.stdout
 
+    def sentinel(self) -> dict[str, str]:
+        """This host's sentinel's view of the master (SENTINEL MASTER heimdall); {} if it does not answer."""
+        password = cluster.redis_password(self.cluster_key.encode())
+        out = self.host.run(["redis-cli", "--no-auth-warning", "-a", password, "-p", str(SENTINEL_PORT),
+                             "SENTINEL", "MASTER", "heimdall"], check=False).stdout.splitlines()
+        return dict(zip(out[::2], out[1::2]))
+
     def redis_dump(self) -> str:
         """Every key of this node's Redis with its whole value, as text (for scanning it for secrets)."""
         dump = []
@@ -191,6 +199,11 @@ class LabNode(_OnHost):
 
     def replication(self) -> dict[str, str]:
         return dict(line.split(":", 1) for line in self.redis("INFO", "replication").splitlines() if ":" in line)
+
+    def is_replica_of(self, master: LabNode) -> bool:
+        info = self.replication()
+        return (info.get("role") == "slave" and info.get("master_host") == master.tunnel_address
+                and info.get("master_link_status") == "up")
 
     def ifindex(self) -> int:
         return int(self.host.run(["cat", f"/sys/class/net/{IFNAME}/ifindex"]).stdout)
@@ -263,6 +276,16 @@ class LabPeer(_OnHost):
     def reaches(self, nodes: list[LabNode]) -> bool:
         """True if every node's tunnel address answers this peer."""
         return all(self.pings(n.tunnel_address, wait=0.5) for n in nodes)
+
+
+def elections_ready(nodes: list[LabNode], voters: int | None = None) -> bool:
+    """Every node's sentinel knows every other voter and every replica, and they agree on the master
+    (a sentinel learns of a new replica from the master's INFO, every 10 s)."""
+    voters = voters or len(nodes)
+    views = [n.sentinel() for n in nodes]
+    return (all(v.get("num-other-sentinels") == str(voters - 1) and v.get("num-slaves") == str(len(nodes) - 1)
+                and v.get("flags") == "master" for v in views)
+            and len({v.get("ip") for v in views}) == 1)
 
 
 def node_addr(node: LabNode) -> str:

@@ -88,19 +88,23 @@ def _master_text(master: pb.Master | None) -> str:
 
 
 def render_status(status: pb.StatusResponse, nodes: Sequence[pb.Node], now: float) -> Result:
-    """``hctl status``: the answering node, the master, every node's last heartbeat and the
-    answering node's latest WireGuard handshake with it."""
+    """``hctl status``: the answering node, the master, every node's place in the failover order
+    (oldest first: ``nodes`` come in join order), last heartbeat and the answering node's latest
+    WireGuard handshake with it."""
     master = status.master if status.HasField("master") else None
-    node_rows = [{**as_dict(n), "heartbeat_age": seconds_since(n.last_seen, now),
+    master_id = master.node_id if master is not None else None
+    order = iter(range(1, len(nodes) + 1))
+    node_rows = [{**as_dict(n), "failover_order": None if n.id == master_id else next(order),
+                  "heartbeat_age": seconds_since(n.last_seen, now),
                   "handshake_age": seconds_since(n.last_handshake, now)} for n in nodes]
     data = {**as_dict(status), "nodes": node_rows}
     summary = "\n".join(f"{label:<9} {value}" for label, value in (
         ("node", f"{status.name} ({status.node_id})"), ("version", status.version),
         ("master", _master_text(master)), ("revision", status.revision)))
-    table = render_table(("NODE ID", "NAME", "TUNNEL ADDRESS", "ENDPOINT", "MASTER", "LAST HEARTBEAT",
+    table = render_table(("NODE ID", "NAME", "TUNNEL ADDRESS", "ENDPOINT", "ROLE", "LAST HEARTBEAT",
                           "HANDSHAKE"), [
         (n["id"], n["name"], n["tunnel_address"], n["endpoint"],
-         "*" if master is not None and n["id"] == master.node_id else "", age(n["heartbeat_age"]),
+         "master" if n["failover_order"] is None else f"next #{n['failover_order']}", age(n["heartbeat_age"]),
          "(self)" if n["id"] == status.node_id else age(n["handshake_age"]))
         for n in node_rows])
     return data, f"{summary}\n\n{table}"
@@ -271,7 +275,8 @@ def command_parser() -> argparse.ArgumentParser:
     delete = _verb(routes, "delete", routes_delete, "withdraw a published network")
     delete.add_argument("network", metavar="NET")
 
-    _verb(nouns, "status", status, "the answering node, the master, and every node's last heartbeat")
+    _verb(nouns, "status", status, "the answering node, the master, the failover order (oldest node first) "
+          "and every node's last heartbeat")
     return parser
 
 

@@ -15,6 +15,7 @@ PEERS = f"{PREFIX}:peers"  # set of peer ids (peers that have connected)
 AUTHORIZED = f"{PREFIX}:authorized"  # hash: peer id -> pinned public key ("" = not yet bound)
 ROUTES = f"{PREFIX}:routes"  # hash: network -> node id
 MASTER = f"{PREFIX}:master"  # hash: node_id, address, epoch
+WITNESSES = f"{PREFIX}:witnesses"  # hash: witness id -> the address its sentinel announces (election voters)
 SEEN = f"{PREFIX}:seen"  # hash: node id -> unix seconds of its last heartbeat (no event: not a change)
 
 IPAM_NODE_SUBNETS = f"{PREFIX}:ipam:node-subnets"  # hash: subnet -> node id

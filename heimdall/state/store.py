@@ -145,6 +145,10 @@ class State:
         records = (_record_or_none(NodeRecord, row, "node") for row in rows)
         return {record.id: record for record in records if record is not None}
 
+    async def witnesses(self) -> dict[str, str]:
+        """Witness id -> its sentinel's address: voters in elections besides the nodes."""
+        return await self.reader.hgetall(keys.WITNESSES)
+
     async def master(self) -> MasterRecord | None:
         return _record_or_none(MasterRecord, await self.reader.hgetall(keys.MASTER), "master")
 
@@ -256,6 +260,9 @@ class State:
         if existed:
             await self._write("route", network, [["HDEL", keys.ROUTES, network]])
         return bool(existed)
+
+    async def register_witness(self, witness_id: str, address: str) -> None:
+        await self._write("witness", witness_id, [["HSET", keys.WITNESSES, witness_id, address]])
 
     async def elect_master(self, node_id: str, address: str) -> MasterRecord:
         """Name ``node_id`` (its Redis at ``address``) master in the writer's Redis; the epoch goes up by one

@@ -139,20 +139,23 @@ def test_json_keeps_numbers_as_numbers_and_unset_messages_as_null():
                                 "persistent_keepalive": 0}]
 
 
-def test_status_marks_the_master_and_gives_heartbeat_and_handshake_ages():
+def test_status_marks_the_master_the_failover_order_and_gives_heartbeat_and_handshake_ages():
     status = pb.StatusResponse(node_id="n1", name="gw1", version="0.1.0", revision=42,
                                master=pb.Master(node_id="n2", address="10.129.0.1", epoch=3))
     nodes = [pb.Node(id="n1", name="gw1", tunnel_address="10.128.0.1", last_seen=NOW - 4),
-             pb.Node(id="n2", name="gw2", tunnel_address="10.129.0.1", last_seen=0, last_handshake=NOW - 70)]
+             pb.Node(id="n2", name="gw2", tunnel_address="10.129.0.1", last_seen=0, last_handshake=NOW - 70),
+             pb.Node(id="n3", name="gw3", tunnel_address="10.130.0.1", last_seen=NOW - 1)]
     data, text = hctl.render_status(status, nodes, NOW)
-    assert [n["heartbeat_age"] for n in data["nodes"]] == [4, None]
-    assert [n["handshake_age"] for n in data["nodes"]] == [None, 70]
+    assert [n["heartbeat_age"] for n in data["nodes"]] == [4, None, 1]
+    assert [n["handshake_age"] for n in data["nodes"]] == [None, 70, None]
+    assert [n["failover_order"] for n in data["nodes"]] == [1, None, 2]  # the oldest replica is promoted first
     assert data["master"] == {"node_id": "n2", "address": "10.129.0.1", "epoch": 3} and data["revision"] == 42
     lines = text.splitlines()
     assert lines[:4] == ["node      gw1 (n1)", "version   0.1.0", "master    n2 at 10.129.0.1, epoch 3",
                          "revision  42"]
-    assert lines[-2].split() == ["n1", "gw1", "10.128.0.1", "4s", "ago", "(self)"]
-    assert lines[-1].split() == ["n2", "gw2", "10.129.0.1", "*", "never", "70s", "ago"]
+    assert lines[-3].split() == ["n1", "gw1", "10.128.0.1", "next", "#1", "4s", "ago", "(self)"]
+    assert lines[-2].split() == ["n2", "gw2", "10.129.0.1", "master", "never", "70s", "ago"]
+    assert lines[-1].split() == ["n3", "gw3", "10.130.0.1", "next", "#2", "1s", "ago", "never"]
 
 
 def test_status_without_a_master_says_so():

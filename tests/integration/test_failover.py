@@ -1,0 +1,223 @@
+"""Master failover with the real daemons on simulated hosts: a crash, a return, a partition.
+
+"Dies" means every process of that host gets SIGKILL at once (daemons, redis-server,
+the sentinel, wireguard-go): no clean stream end, no last words. One network serves
+the module and the tests run in file order, each starting from the master the
+previous one left: node1 dies and another node takes over; node1 comes back as a
+replica and, being the oldest, is promoted when the next master dies; then that
+master is cut off by a partition and comes back as a replica again.
+"""
+import json
+import threading
+import time
+
+import pytest
+
+from heimdall.api.v1 import heimdall_pb2 as pb
+from heimdall.lab import Lab
+from heimdall.lab.cluster import LabNode, LabPeer, elections_ready, new_cluster_key, wait_until
+from heimdall.lab.tunnels import PingFlow
+from heimdall.state import keys
+
+pytestmark = pytest.mark.integration
+
+P1, P2 = "roadwarrior-1", "roadwarrior-2"
+FLOW_SECONDS = 40  # longer than any test's disruption: the flows must outlast it (checked)
+ROUTE = "192.168.77.0/24"
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("failover-logs")
+    key = new_cluster_key()
+    with Lab() as lab:
+        nodes, peers = [], {}
+        try:
+            n1 = LabNode(lab.add_host("node1"), key, logs).start().wait_member()
+            nodes.append(n1)
+            for name in ("node2", "node3"):
+                nodes.append(LabNode(lab.add_host(name), key, logs, join=n1).start().wait_member())
+            for node in nodes:
+                node.wait_serving()
+            # The peer's control stream is on node2, so the master's death is not also its node's.
+            assert n1.hctl("peers", "authorize", P1).returncode == 0
+            p1 = peers[P1] = LabPeer(lab.add_host("peer1"), P1, [nodes[1], nodes[2], n1], logs).start()
+            wait_until(lambda: p1.reaches(nodes), 30, "the peer to reach every node")
+            yield {"lab": lab, "logs": logs, "key": key, "nodes": nodes, "peers": peers}
+        finally:
+            for peer in peers.values():
+                peer.stop()
+            for node in nodes:
+                node.stop()
+
+
+def debug(net) -> str:
+    return "\n".join([*(n.logs() for n in net["nodes"]), *(p.logs() for p in net["peers"].values())])
+
+
+def wait_elections_ready(net, nodes) -> None:
+    wait_until(lambda: elections_ready(nodes), 60, f"every sentinel to know every voter and replica\n{debug(net)}")
+
+
+def the_master(nodes: list[LabNode]) -> LabNode:
+    """The one node whose Redis is master, every other replicating it and every record naming it."""
+    masters = [n for n in nodes if n.replication().get("role") == "master"]
+    assert len(masters) == 1, f"masters: {[n.name for n in masters]}"
+    master = masters[0]
+    assert all(n.is_replica_of(master) for n in nodes if n is not master)
+    assert {n.redis("HGET", keys.MASTER, "node_id").strip() for n in nodes} == {master.node_id}
+    return master
+
+
+def settled_on_one_master(nodes: list[LabNode]) -> LabNode | None:
+    try:
+        return the_master(nodes)
+    except AssertionError:
+        return None
+
+
+def every_daemon_follows(nodes: list[LabNode], master: LabNode) -> bool:
+    """Every node's API names ``master``, and every node's heimdall-wg heartbeats reach it (writes there)."""
+    since = time.time()
+    for node in nodes:
+        status = json.loads(node.hctl("status", "--json").stdout or "{}")
+        if (status.get("master") or {}).get("node_id") != master.node_id:
+            return False
+    return all(int(master.redis("HGET", keys.SEEN, n.node_id).strip() or 0) >= int(since) for n in nodes)
+
+
+def no_loss(flows: list[PingFlow], what: str) -> None:
+    assert all(f.running() for f in flows), f"the flows ended before {what} was over: not a live test"
+    for flow in flows:
+        sent, received = flow.wait()
+        assert sent == received, f"lost {sent - received} of {sent} packets while {what} ({flow.log.name})"
+
+
+class AckedWriter(threading.Thread):
+    """Authorizes peer IDs one after another through ``node``'s API, noting which ones it acknowledged."""
+
+    def __init__(self, node: LabNode, prefix: str) -> None:
+        super().__init__(daemon=True)
+        self.node, self.prefix = node, prefix
+        self.acknowledged: list[tuple[float, str]] = []
+        self.refused = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self._stop_event.is_set():
+            peer_id = f"{self.prefix}-{n}"
+            try:
+                self.node.api("AuthorizePeer", pb.AuthorizePeerRequest(peer_id=peer_id), timeout=2)
+                self.acknowledged.append((time.time(), peer_id))
+                n += 1
+            except Exception:  # noqa: BLE001 - refused during the failover: retried with the same ID
+                self.refused += 1
+                time.sleep(0.05)
+
+    def acknowledged_after(self, moment: float) -> bool:
+        return any(t > moment for t, _ in self.acknowledged)
+
+    def stop(self) -> list[str]:
+        self._stop_event.set()
+        self.join(30)
+        return [peer_id for _, peer_id in self.acknowledged]
+
+
+def test_the_master_node_dies_and_another_takes_over_losing_nothing(net):
+    lab, logs, nodes = net["lab"], net["logs"], net["nodes"]
+    n1, n2, n3 = nodes
+    p1 = net["peers"][P1]
+    wait_elections_ready(net, nodes)
+    assert the_master(nodes) is n1
+    flows = [PingFlow(n2.host, n3.tunnel_address, FLOW_SECONDS, logs / "n2-n3.log"),
+             PingFlow(p1.host, n2.tunnel_address, FLOW_SECONDS, logs / "p1-n2.log"),
+             PingFlow(p1.host, n3.tunnel_address, FLOW_SECONDS, logs / "p1-n3.log")]
+    writer = AckedWriter(n3, "before-and-during")
+    writer.start()
+    wait_until(lambda: len(writer.acknowledged) >= 5, 20, "the writer to have changes acknowledged")
+
+    killed_at = time.time()
+    n1.host.crash()
+    survivors = [n2, n3]
+    master = wait_until(lambda: settled_on_one_master(survivors), 30,
+                        f"a survivor to become master, the other replicating it\n{debug(net)}")
+    wait_until(lambda: writer.acknowledged_after(killed_at), 30, f"a write acknowledged after the kill\n{debug(net)}")
+    acknowledged = writer.stop()
+    assert int(master.redis("GET", keys.REV)) > 0
+    stored = master.redis("HKEYS", keys.AUTHORIZED).split()
+    assert set(acknowledged) <= set(stored), f"acknowledged writes lost: {set(acknowledged) - set(stored)}"
+    epochs = {n.redis("HGET", keys.MASTER, "epoch").strip() for n in survivors}
+    assert epochs == {"2"}, f"the epoch did not go up by one: {epochs}"
+    wait_until(lambda: every_daemon_follows(survivors, master), 20, "every survivor's API to name the new master")
+
+    # Afterwards: a new peer is authorized, a route is added, a fourth node joins (through a replica's API).
+    replica = n3 if master is n2 else n2
+    assert replica.hctl("peers", "authorize", P2).returncode == 0
+    p2 = net["peers"][P2] = LabPeer(lab.add_host("peer2"), P2, [replica, master], logs).start()
+    wait_until(lambda: p2.reaches(survivors), 30, f"the new peer to reach the survivors\n{debug(net)}")
+    created = replica.hctl("routes", "create", "--node-id", master.node_id, "--network", ROUTE)
+    assert created.returncode == 0, created.stderr
+    wait_until(lambda: ROUTE in replica.wg_peers()[master.public_key] and ROUTE in p1.wg_peers()[master.public_key],
+               20, "the route to reach the other survivor and the peer")
+    n4 = LabNode(lab.add_host("node4"), net["key"], logs, join=replica).start().wait_member()
+    nodes.append(n4)
+    wait_until(lambda: all(a.pings(b.tunnel_address) for a in (*survivors, n4) for b in (*survivors, n4) if a is not b),
+               30, f"the fourth node to join the survivors' mesh\n{debug(net)}")
+    wait_until(lambda: n4.is_replica_of(master), 20, "the fourth node to replicate the new master")
+    no_loss(flows, "the master died and the survivors elected another")
+
+
+def test_the_old_master_comes_back_as_a_replica_and_the_oldest_is_preferred(net):
+    n1, n2, n3, n4 = net["nodes"]
+    master = the_master([n2, n3, n4])
+    n1.start().wait_member()
+    wait_until(lambda: n1.is_replica_of(master), 30, f"the old master to replicate the new one\n{debug(net)}")
+    assert the_master(net["nodes"]) is master
+    wait_until(lambda: every_daemon_follows(net["nodes"], master), 20, "node1's daemons to follow the new master")
+    assert n1.redis("HGET", keys.MASTER, "epoch").strip() == "2"
+    wait_until(lambda: n1.pings(n4.tunnel_address) and n4.pings(n1.tunnel_address), 20,
+               "the old master to reach the node that joined while it was gone")
+    status = json.loads(master.hctl("status", "--json").stdout)
+    order = {row["name"]: row["failover_order"] for row in status["nodes"]}
+    assert order["node1"] == 1, f"node1 joined first: it should be next in line: {order}"
+
+    # The next failover promotes the oldest survivor: node1.
+    wait_elections_ready(net, net["nodes"])
+    master.host.crash()
+    survivors = [n for n in net["nodes"] if n is not master]
+    new = wait_until(lambda: settled_on_one_master(survivors), 30, f"a new master after the second kill\n{debug(net)}")
+    assert new is n1, f"{new.name} was promoted, not the oldest survivor node1"
+    assert {n.redis("HGET", keys.MASTER, "epoch").strip() for n in survivors} == {"3"}
+    master.start().wait_member()
+    wait_until(lambda: master.is_replica_of(n1), 30, f"{master.name} to come back as a replica")
+
+
+def test_a_partitioned_master_refuses_writes_and_rejoins_as_a_replica(net):
+    nodes = net["nodes"]
+    wait_elections_ready(net, nodes)
+    old = the_master(nodes)
+    others = [n for n in nodes if n is not old]
+    cut = [["iptables", "-w", "-I", "INPUT", "-i", "eth0", "-j", "DROP"],
+           ["iptables", "-w", "-I", "OUTPUT", "-o", "eth0", "-j", "DROP"]]
+    for rule in cut:
+        old.host.run(rule)
+    try:
+        new = wait_until(lambda: settled_on_one_master(others), 30,
+                         f"the majority to elect a master among themselves\n{debug(net)}")
+        wait_until(lambda: "NOREPLICAS" in old.redis("SET", "heimdall:probe", "split-brain", check=False), 15,
+                   "the isolated old master to refuse writes")
+        refused = old.hctl("peers", "authorize", "split-brain-peer")
+        assert refused.returncode != 0, "the isolated old master's API acknowledged a write"
+        assert old.redis("GET", "heimdall:probe").strip() == ""
+        assert new.hctl("peers", "authorize", "majority-peer").returncode == 0
+    finally:
+        for rule in cut:
+            old.host.run([*rule[:2], "-D", *rule[3:]])
+    wait_until(lambda: old.is_replica_of(new), 30, f"the old master to replicate the new one after healing\n{debug(net)}")
+    assert the_master(nodes) is new
+    wait_until(lambda: every_daemon_follows(nodes, new), 20, "every daemon on every node to follow the same record")
+    assert "split-brain-peer" not in new.redis("HKEYS", keys.AUTHORIZED)
+    assert "majority-peer" in old.redis("HKEYS", keys.AUTHORIZED)
+    epochs = {n.redis("HGET", keys.MASTER, "epoch").strip() for n in nodes}
+    assert epochs == {"4"}, epochs
