@@ -2,9 +2,9 @@
 stdout (progress on stderr)."""
 import sys
 
-from bench import cluster, peers
+from bench import cluster, failover, peers
 
-BENCHMARKS = {"cluster": cluster, "peers": peers}
+BENCHMARKS = {"cluster": cluster, "peers": peers, "failover": failover}
 
 
 def main(argv: list[str]) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from heimdall.identity import write_atomic
 
@@ -50,7 +51,7 @@ class SentinelConfig:
 
     @property
     def bind(self) -> tuple[str, ...]:
-        return ("127.0.0.1", self.announce_ip)
+        return tuple(dict.fromkeys(("127.0.0.1", self.announce_ip)))
 
     def render(self) -> str:
         """The config a sentinel starts from; it appends what it learns (other sentinels, epochs)."""
@@ -125,3 +126,31 @@ def switched_to(channel: str, data: str) -> str | None:
     if channel == "+promoted-slave" and len(words) == 8 and words[0] == "slave" and words[5] == MASTER_NAME:
         return words[2]
     return None
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """``sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE``: a Redis behind its owner's Sentinel
+    (``--redis-url``); PASSWORD, if given, is the Redis servers' and the sentinels' alike."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    password: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelUrl:
+        parts = urlsplit(url)
+        if parts.scheme != "sentinel":
+            raise ValueError("not a sentinel:// URL")
+        credentials, _, hosts = parts.netloc.rpartition("@")
+        sentinels = []
+        for item in hosts.split(","):
+            host, sep, port = item.rpartition(":")
+            if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or not host:
+                raise ValueError(f"{item!r}: expected HOST:PORT of a sentinel")
+            sentinels.append((host.strip("[]"), int(port)))
+        service = parts.path.strip("/")
+        if not service or "/" in service:
+            raise ValueError("expected the master's service name after the hosts: sentinel://HOST:PORT/NAME")
+        password = unquote(credentials.partition(":")[2]) if credentials else None
+        return cls(tuple(sentinels), service, password or None)

@@ -103,6 +103,21 @@ def host_port(text: str) -> str:
 
 
 @_parser
+def redis_url(text: str) -> str:
+    """redis://, rediss:// or unix:// (as redis-py reads them), or sentinel://HOST:PORT[,...]/NAME."""
+    if not text:
+        return ""
+    scheme = text.partition("://")[0]
+    if scheme == "sentinel":
+        from heimdall.sentinel import SentinelUrl
+
+        SentinelUrl.parse(text)
+    elif scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("expected redis://, rediss://, unix:// or sentinel:// (a Redis behind Sentinel)")
+    return text
+
+
+@_parser
 def grpc_address(text: str) -> str:
     """tcp://HOST:PORT or unix:///path (the original's form), empty for none."""
     if not text or text.startswith("unix://"):
@@ -198,7 +213,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("peer", grpc_address, "",
             "gRPC address of an existing node to join (tcp://IP:9000); empty: bootstrap a new cluster", NODE),
     Setting("redis-port", port, "16379", "port of the node's embedded redis-server", NODE),
-    Setting("redis-url", text_value, "", "use this existing Redis instead of the embedded one (redis://...)", NODE),
+    Setting("redis-url", redis_url, "", "use this existing Redis instead of the embedded one (redis://..., or "
+            "sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/NAME for one behind its owner's Sentinel)", NODE),
     # -- election
     Setting("sentinel-port", port, "26379", "port of the node's Redis Sentinel (heimdall-elector; tunnel address only)",
             NODE),

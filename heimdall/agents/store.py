@@ -26,6 +26,7 @@ from heimdall.identity import Membership
 from heimdall.redis_server import RedisServerConfig, RedisServerProcess, RedisServerError
 from heimdall.sentinel import MASTER_NAME
 from heimdall.state import NodeRecord, State
+from heimdall.state.connect import external_redis
 
 POLL = 0.2  # membership file and bind checks while joining; not on any steady-state path
 TICK = 1.0  # the settled main loop's wake-up: progress for the watchdog, nothing more
@@ -225,7 +226,7 @@ class StoreAgent(Daemon):
     async def _watch_external(self) -> None:
         """With --redis-url: report whether that Redis answers (its owner runs and replicates it)."""
         reachable = None
-        async with aioredis.Redis.from_url(self.config.redis_url, socket_timeout=5) as client:
+        async with external_redis(self.config.redis_url, socket_timeout=5) as client:
             while True:
                 try:
                     await client.ping()

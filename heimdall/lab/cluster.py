@@ -15,13 +15,15 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 from heimdall import cluster
 from heimdall.lab.hosts import Host
-from heimdall.wg import keys
+from heimdall.state import keys
+from heimdall.wg import keys as wg_keys
 
 NODE_DAEMONS = ("heimdall-store", "heimdall-wg", "heimdall-api", "heimdall-elector")
 IFNAME = "darknet"
@@ -74,7 +76,7 @@ class _OnHost:
 
     @property
     def public_key(self) -> str:
-        return keys.public_key(self.private_key)
+        return wg_keys.public_key(self.private_key)
 
 
 class LabNode(_OnHost):
@@ -286,6 +288,60 @@ def elections_ready(nodes: list[LabNode], voters: int | None = None) -> bool:
     return (all(v.get("num-other-sentinels") == str(voters - 1) and v.get("num-slaves") == str(len(nodes) - 1)
                 and v.get("flags") == "master" for v in views)
             and len({v.get("ip") for v in views}) == 1)
+
+
+def the_master(nodes: list[LabNode]) -> LabNode:
+    """The one node whose Redis is master, every other replicating it and every record naming it."""
+    masters = [n for n in nodes if n.replication().get("role") == "master"]
+    if len(masters) != 1:
+        raise NodeError(f"{len(masters)} masters: {[n.name for n in masters]}")
+    master = masters[0]
+    if not all(n.is_replica_of(master) for n in nodes if n is not master):
+        raise NodeError(f"not every node replicates {master.name}")
+    records = {n.redis("HGET", keys.MASTER, "node_id").strip() for n in nodes}
+    if records != {master.node_id}:
+        raise NodeError(f"the nodes' master records name {records}, not {master.name}")
+    return master
+
+
+def settled_on_one_master(nodes: list[LabNode]) -> LabNode | None:
+    try:
+        return the_master(nodes)
+    except NodeError:
+        return None
+
+
+class AckedWriter(threading.Thread):
+    """Authorizes peer IDs one after another through ``node``'s API, noting which ones it acknowledged."""
+
+    def __init__(self, node: LabNode, prefix: str) -> None:
+        super().__init__(daemon=True)
+        self.node, self.prefix = node, prefix
+        self.acknowledged: list[tuple[float, str]] = []
+        self.refused = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        from heimdall.api.v1 import heimdall_pb2 as pb
+
+        n = 0
+        while not self._stop_event.is_set():
+            peer_id = f"{self.prefix}-{n}"
+            try:
+                self.node.api("AuthorizePeer", pb.AuthorizePeerRequest(peer_id=peer_id), timeout=2)
+                self.acknowledged.append((time.time(), peer_id))
+                n += 1
+            except Exception:  # noqa: BLE001 - refused (e.g. during a failover): retried with the same ID
+                self.refused += 1
+                time.sleep(0.05)
+
+    def acknowledged_after(self, moment: float) -> bool:
+        return any(t > moment for t, _ in self.acknowledged)
+
+    def stop(self) -> list[str]:
+        self._stop_event.set()
+        self.join(30)
+        return [peer_id for _, peer_id in self.acknowledged]
 
 
 def node_addr(node: LabNode) -> str:

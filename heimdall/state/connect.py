@@ -39,7 +39,7 @@ class StateLink:
         options = dict(decode_responses=True, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT,
                        health_check_interval=10)
         if url:
-            return aioredis.Redis.from_url(url, **options)
+            return external_redis(url, **options)
         if host != "127.0.0.1":  # another node's: a write to a master that died fails at once, no retries
             options.update(socket_connect_timeout=MASTER_CONNECT_TIMEOUT, retry=Retry(NoBackoff(), 0))
         return aioredis.Redis(host=host, port=self.config.redis_port, password=self.password, **options)
@@ -64,3 +64,18 @@ class StateLink:
         if self.state.writer is not self.local:
             await self.state.writer.aclose()
         await self.local.aclose()
+
+
+def external_redis(url: str, **options) -> aioredis.Redis:
+    """A client of the Redis at ``--redis-url``. Behind Sentinel (``sentinel://``), every new connection
+    asks the sentinels where the master is now, so the owner's failover is followed by the next call."""
+    if not url.startswith("sentinel://"):
+        return aioredis.Redis.from_url(url, **options)
+    from redis.asyncio.sentinel import Sentinel
+
+    from heimdall.sentinel import SentinelUrl
+
+    parsed = SentinelUrl.parse(url)
+    sentinel_options = {k: v for k, v in options.items() if k in ("socket_timeout", "socket_connect_timeout")}
+    sentinels = Sentinel(list(parsed.sentinels), sentinel_kwargs={**sentinel_options, "password": parsed.password})
+    return sentinels.master_for(parsed.service, password=parsed.password, **options)

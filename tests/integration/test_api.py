@@ -25,7 +25,7 @@ from heimdall.api.v1 import heimdall_pb2 as pb
 from heimdall.api.v1 import heimdall_pb2_grpc
 from heimdall.programs.api import ApiDaemon
 from heimdall.redis_server import redis_server_binary
-from heimdall.state import MasterRecord, Pool, State
+from heimdall.state import Pool, State
 from heimdall.wg import keys
 from tests.support.redis_servers import PASSWORD, free_port
 

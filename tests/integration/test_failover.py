@@ -8,14 +8,13 @@ replica and, being the oldest, is promoted when the next master dies; then that
 master is cut off by a partition and comes back as a replica again.
 """
 import json
-import threading
 import time
 
 import pytest
 
-from heimdall.api.v1 import heimdall_pb2 as pb
 from heimdall.lab import Lab
-from heimdall.lab.cluster import LabNode, LabPeer, elections_ready, new_cluster_key, wait_until
+from heimdall.lab.cluster import (AckedWriter, LabNode, LabPeer, elections_ready, new_cluster_key,
+                                  settled_on_one_master, the_master, wait_until)
 from heimdall.lab.tunnels import PingFlow
 from heimdall.state import keys
 
@@ -59,23 +58,6 @@ def wait_elections_ready(net, nodes) -> None:
     wait_until(lambda: elections_ready(nodes), 60, f"every sentinel to know every voter and replica\n{debug(net)}")
 
 
-def the_master(nodes: list[LabNode]) -> LabNode:
-    """The one node whose Redis is master, every other replicating it and every record naming it."""
-    masters = [n for n in nodes if n.replication().get("role") == "master"]
-    assert len(masters) == 1, f"masters: {[n.name for n in masters]}"
-    master = masters[0]
-    assert all(n.is_replica_of(master) for n in nodes if n is not master)
-    assert {n.redis("HGET", keys.MASTER, "node_id").strip() for n in nodes} == {master.node_id}
-    return master
-
-
-def settled_on_one_master(nodes: list[LabNode]) -> LabNode | None:
-    try:
-        return the_master(nodes)
-    except AssertionError:
-        return None
-
-
 def every_daemon_follows(nodes: list[LabNode], master: LabNode) -> bool:
     """Every node's API names ``master``, and every node's heimdall-wg heartbeats reach it (writes there)."""
     since = time.time()
@@ -91,37 +73,6 @@ def no_loss(flows: list[PingFlow], what: str) -> None:
     for flow in flows:
         sent, received = flow.wait()
         assert sent == received, f"lost {sent - received} of {sent} packets while {what} ({flow.log.name})"
-
-
-class AckedWriter(threading.Thread):
-    """Authorizes peer IDs one after another through ``node``'s API, noting which ones it acknowledged."""
-
-    def __init__(self, node: LabNode, prefix: str) -> None:
-        super().__init__(daemon=True)
-        self.node, self.prefix = node, prefix
-        self.acknowledged: list[tuple[float, str]] = []
-        self.refused = 0
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        n = 0
-        while not self._stop_event.is_set():
-            peer_id = f"{self.prefix}-{n}"
-            try:
-                self.node.api("AuthorizePeer", pb.AuthorizePeerRequest(peer_id=peer_id), timeout=2)
-                self.acknowledged.append((time.time(), peer_id))
-                n += 1
-            except Exception:  # noqa: BLE001 - refused during the failover: retried with the same ID
-                self.refused += 1
-                time.sleep(0.05)
-
-    def acknowledged_after(self, moment: float) -> bool:
-        return any(t > moment for t, _ in self.acknowledged)
-
-    def stop(self) -> list[str]:
-        self._stop_event.set()
-        self.join(30)
-        return [peer_id for _, peer_id in self.acknowledged]
 
 
 def test_the_master_node_dies_and_another_takes_over_losing_nothing(net):
