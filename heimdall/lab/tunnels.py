@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import statistics
 import sys
 from dataclasses import dataclass
@@ -92,6 +93,20 @@ class PingFlow:
         if not found:
             raise RuntimeError(f"no ping summary in {self.log}: {text.strip()!r}")
         return int(found[1]), int(found[2])
+
+    def stop(self) -> tuple[int, int]:
+        """End the flow now; (sent, received) up to its last answer.
+
+        The echoes still in flight when it stops are not counted (``wait`` would
+        count them as lost): a lost echo shows as a gap before a later answer, so
+        stop only once answers have come after what the flow is meant to cover.
+        """
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=10)
+        answered = {int(seq) for seq in re.findall(r"bytes from .* icmp_seq=(\d+)", self.log.read_text())}
+        if not answered:
+            return self.wait()
+        return max(answered), len(answered)
 
     def reply_times(self) -> list[float]:
         """The unix times replies arrived at, so far."""
