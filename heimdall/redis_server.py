@@ -117,7 +117,9 @@ class RedisServerProcess:
 
     async def start(self, timeout: float = 10.0) -> None:
         path = self.config.write()
+        # No process title of its own: /proc/PID/cmdline keeps naming our config file.
         self.process = await asyncio.create_subprocess_exec(redis_server_binary(), str(path), *self.config.mode_args,
+                                                            "--set-proc-title", "no",
                                                             stdout=asyncio.subprocess.PIPE,
                                                             stderr=asyncio.subprocess.STDOUT)
         self._relay = asyncio.ensure_future(_relay_output(self.process.stdout))
