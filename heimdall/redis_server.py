@@ -5,13 +5,27 @@ a password derived from the cluster key, data under the data dir, instant
 diskless replication), runs ``redis-server`` as a child, restarts it when it
 dies, and points it at the current master with REPLICAOF. Tests and the lab
 use the same class to run real servers.
+
+A child must not outlive its daemon: an orphan keeps the port, and the daemon
+started again would fail to bind it forever (systemd's cgroup kill hides this;
+nothing else would). So the child is sent SIGTERM when its parent dies
+(PR_SET_PDEATHSIG). A pidfile next to the config names the child, and a start
+first stops the process it names if it is still there (still saving, or deaf
+to SIGTERM), once /proc shows it is a redis-server run from the same config.
+None of this is specific to the data server (a Sentinel can run through
+RedisServerProcess too): the pidfile follows the config's name (redis.pid).
 """
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
 import logging
+import os
 import re
+import select
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,15 +109,82 @@ def redis_log_line(line: str) -> tuple[int, str]:
     return _REDIS_LEVELS[match["mark"]], match["message"]
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_libc = ctypes.CDLL(None)  # loaded now: a forked child must not load libraries
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child, between fork and exec: be sent SIGTERM (redis saves and exits) when the parent dies.
+
+    The kernel sends it when the *thread* that forked the child ends, not the
+    process: asyncio.create_subprocess_exec forks from the event loop's thread,
+    which lives as long as the daemon. The setting survives exec. A parent that
+    died before it took effect left an orphan already: that child exits at once.
+    """
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def runs_from(cmdline: bytes, config_path: Path) -> bool:
+    """True if ``cmdline`` (a /proc/PID/cmdline) is a redis-server started with ``config_path``."""
+    argv = cmdline.split(b"\0")
+    return os.path.basename(argv[0]) == b"redis-server" and os.fsencode(config_path) in argv[1:]
+
+
+async def _stop_leftover(pidfile: Path, config_path: Path, timeout: float) -> None:
+    """Stop the redis-server ``pidfile`` names if it still runs from ``config_path``: SIGTERM,
+    then SIGKILL after ``timeout``. Any other process, or none, is left alone."""
+    try:
+        pid = int(pidfile.read_text())
+        fd = os.pidfd_open(pid)  # pins the process: a PID recycled after the check is never signalled
+    except (OSError, ValueError):
+        return  # no pidfile, or nothing runs under that PID
+    try:
+        if not runs_from(_cmdline(pid), config_path):
+            return
+        log.warning("redis-server %d from a previous run still runs from %s: stopping it", pid, config_path)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            signal.pidfd_send_signal(fd, sig)
+            if await _exited(fd, timeout):
+                return
+            log.warning("redis-server %d still runs %.0f s after %s", pid, timeout, sig.name)
+    except ProcessLookupError:
+        pass  # it exited meanwhile
+    finally:
+        os.close(fd)
+
+
+def _cmdline(pid: int) -> bytes:
+    """/proc/PID/cmdline; empty for a zombie or a process gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+async def _exited(pidfd: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` for the process to exit (its pidfd turns readable)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not select.select([pidfd], [], [], 0)[0]:
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 class RedisServerProcess:
     """One redis-server child process, started from a RedisServerConfig (or a sentinel's config).
 
     Its output is relayed through our logging, so under journald its lines carry
     syslog priorities (its warnings are warnings) and no second timestamp.
+    Its PID is kept in ``pidfile``, next to the config.
     """
 
     def __init__(self, config: RedisServerConfig) -> None:
         self.config = config
+        self.pidfile = config.config_path.with_suffix(".pid")
         self.process: asyncio.subprocess.Process | None = None
         self._relay: asyncio.Task | None = None
 
@@ -116,12 +197,16 @@ class RedisServerProcess:
                               decode_responses=True, socket_timeout=5)
 
     async def start(self, timeout: float = 10.0) -> None:
+        await _stop_leftover(self.pidfile, self.config.config_path, timeout)
         path = self.config.write()
         # No process title of its own: /proc/PID/cmdline keeps naming our config file.
         self.process = await asyncio.create_subprocess_exec(redis_server_binary(), str(path), *self.config.mode_args,
                                                             "--set-proc-title", "no",
                                                             stdout=asyncio.subprocess.PIPE,
-                                                            stderr=asyncio.subprocess.STDOUT)
+                                                            stderr=asyncio.subprocess.STDOUT,
+                                                            preexec_fn=functools.partial(_die_with_parent,
+                                                                                         os.getpid()))
+        write_atomic(self.pidfile, f"{self.process.pid}\n", 0o644)
         self._relay = asyncio.ensure_future(_relay_output(self.process.stdout))
         deadline = asyncio.get_running_loop().time() + timeout
         async with self.client() as client:
@@ -157,6 +242,7 @@ class RedisServerProcess:
         except asyncio.TimeoutError:
             self.process.kill()
             await self.wait()
+        self.pidfile.unlink(missing_ok=True)
 
 
 async def _relay_output(stream: asyncio.StreamReader) -> None:
