@@ -216,14 +216,17 @@ class RedisServerProcess:
                         f"redis-server exited with status {self.process.returncode} (config {path})")
                 try:
                     await client.ping()
-                    log.info("redis-server %s listening on %s:%d", self.process.pid,
-                             ",".join(self.config.bind), self.config.port)
-                    return
+                    # Another process may hold the port: then ours fails to bind and exits.
+                    if (await client.info("server"))["process_id"] == self.process.pid:
+                        log.info("redis-server %s listening on %s:%d", self.process.pid,
+                                 ",".join(self.config.bind), self.config.port)
+                        return
                 except (ConnectionError, OSError, aioredis.ConnectionError, aioredis.BusyLoadingError):
-                    if asyncio.get_running_loop().time() > deadline:
-                        await self.stop()
-                        raise RedisServerError(f"redis-server did not answer on port {self.config.port}") from None
-                    await asyncio.sleep(0.05)
+                    pass
+                if asyncio.get_running_loop().time() > deadline:
+                    await self.stop()
+                    raise RedisServerError(f"redis-server did not answer on port {self.config.port}")
+                await asyncio.sleep(0.05)
 
     async def wait(self) -> int:
         assert self.process is not None

@@ -11,7 +11,7 @@ import time
 import pytest
 import redis
 
-from heimdall.redis_server import RedisServerConfig, RedisServerProcess, redis_server_binary
+from heimdall.redis_server import RedisServerConfig, RedisServerError, RedisServerProcess, redis_server_binary
 from tests.support.redis_servers import PASSWORD, free_port
 
 pytestmark = pytest.mark.integration
@@ -84,6 +84,14 @@ def test_a_pidfile_naming_anything_else_is_left_alone(config, processes, tmp_pat
         config.data_dir.joinpath("redis.pid").write_text(f"{stranger.pid}\n")
         asyncio.run(start_and_stop(RedisServerProcess(config)))
         assert stranger.poll() is None
+
+
+def test_a_start_fails_while_another_server_holds_the_port(config, processes, tmp_path):
+    other = run_leftover(RedisServerConfig(port=config.port, data_dir=tmp_path / "other", password=PASSWORD,
+                                           persistence=False), processes)
+    with pytest.raises(RedisServerError, match="exited"):  # not taken for our own, though it answers
+        asyncio.run(RedisServerProcess(config).start())
+    assert other.poll() is None
 
 
 def test_the_child_dies_with_its_parent(config, processes):
