@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 from heimdall.identity import write_atomic
 
 MASTER_NAME = "heimdall"  # the name the sentinels monitor the cluster's master under
-FAILOVER_TIMEOUT_MS = 6000  # a stuck failover is retried after twice this
+FAILOVER_TIMEOUT_MS = 3000  # a failover that stalls (e.g. a split vote) is retried after twice this
 SWITCH_EVENTS = ("+switch-master", "+promoted-slave")  # the first names a new master; the second is sooner
 
 

@@ -208,7 +208,9 @@ class StoreAgent(Daemon):
         loop = asyncio.get_running_loop()
         last_check = 0.0
         while True:
-            settled = self.replicating_from is not None and self.bound_tunnel
+            # Settled once replicating (or master), bound to the tunnel and tuned (which needs the node list,
+            # i.e. a first sync of a joining node's Redis, whose events it missed).
+            settled = self.replicating_from is not None and self.bound_tunnel and self.tuned is not None
             try:
                 await asyncio.wait_for(self.changed.wait(), timeout=TICK if settled else POLL)
             except asyncio.TimeoutError:

@@ -3,8 +3,10 @@
 Four simulated hosts (network + mount namespaces on one bridge) run the real
 daemons: gw1 bootstraps a cluster, gw2 and gw3 join it through gw1's API, and a
 laptop joins as an access-only peer once an operator authorizes it with hctl.
-While pings flow every 50 ms, a route is published and withdrawn live, then the
-laptop is deauthorized. Prints what happens and how long it took, checks that no
+While pings flow every 50 ms, a route is published and withdrawn live; then the
+master gw1 is killed (every process of the host, SIGKILL), the others elect a new
+master and a route published afterwards reaches everyone; then the laptop is
+deauthorized. Prints what happens and how long it took, checks that no
 packet was lost, and removes everything it created. Exit 0 on success.
 """
 from __future__ import annotations
@@ -16,12 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from heimdall.lab.cluster import LabNode, LabPeer, new_cluster_key, wait_until
+from heimdall.lab.cluster import LabNode, LabPeer, elections_ready, new_cluster_key, settled_on_one_master, wait_until
 from heimdall.lab.hosts import Lab
 from heimdall.lab.tunnels import PingFlow
 from heimdall.wg import BACKENDS
 
 ROUTE = "192.168.200.0/24"
+ROUTE_AFTER_FAILOVER = "192.168.201.0/24"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,16 +107,48 @@ def run(lab: Lab, backend: str, logs: Path) -> int:
         lost += sent - received
     step("", f"  {sum(1 for _ in flows)} flows: {lost} packets lost, no tunnel restarted")
 
-    step("status", *hctl(nodes[1], "status").splitlines())
+    lost += failover(nodes, laptop, logs)
+    survivor = nodes[1]
+    step("status", *hctl(survivor, "status").splitlines())
     began = time.monotonic()
-    hctl(gw1, "peers", "deauthorize", "laptop")
-    wait_until(lambda: not any(laptop.pings(n.tunnel_address, wait=0.2) for n in nodes), 10,
+    hctl(survivor, "peers", "deauthorize", "laptop")
+    wait_until(lambda: not any(laptop.pings(n.tunnel_address, wait=0.2) for n in nodes[1:]), 10,
                "the laptop to be cut off", interval=0.01)
     step("revoke", f"hctl peers deauthorize laptop -> cut off from every node in "
                    f"{(time.monotonic() - began) * 1000:.0f} ms")
     laptop.stop()
     for node in reversed(nodes):
         node.stop()
+    return lost
+
+
+def failover(nodes: list[LabNode], laptop: LabPeer, logs: Path) -> int:
+    """The master gw1 dies; gw2 and gw3 elect a master; a change made afterwards reaches everyone.
+    Returns the packets lost meanwhile."""
+    wait_until(lambda: elections_ready(nodes), 60, "every node's sentinel to know every other node")
+    gw1, survivors = nodes[0], nodes[1:]
+    step("failover", "gw2 and the laptop ping gw3 every 50 ms while every process of gw1 (the master) is killed:")
+    flows = [PingFlow(survivors[0].host, survivors[1].tunnel_address, 12, logs / "flow-gw2-gw3-failover.log"),
+             PingFlow(laptop.host, survivors[1].tunnel_address, 12, logs / "flow-laptop-gw3-failover.log")]
+    began = time.monotonic()
+    gw1.host.crash()
+    master = wait_until(lambda: settled_on_one_master(survivors), 30, "a new master", interval=0.02)
+    epoch = master.redis("HGET", "heimdall:master", "epoch").strip()
+    step("", f"  {master.name} elected master in {time.monotonic() - began:.1f} s (epoch {epoch}); "
+             f"the other replicates it")
+    other = next(n for n in survivors if n is not master)
+    began = time.monotonic()
+    hctl(other, "routes", "create", "--node-id", other.node_id, "--network", ROUTE_AFTER_FAILOVER)
+    wait_until(lambda: ROUTE_AFTER_FAILOVER in " ".join(sum(master.wg_peers().values(), [])) and
+               ROUTE_AFTER_FAILOVER in " ".join(sum(laptop.wg_peers().values(), [])), 10,
+               "the route on every WireGuard config")
+    step("", f"  afterwards: hctl routes create {ROUTE_AFTER_FAILOVER} via {other.name} -> on {master.name} "
+             f"and the laptop in {(time.monotonic() - began) * 1000:.0f} ms")
+    lost = 0
+    for flow in flows:
+        sent, received = flow.wait()
+        lost += sent - received
+    step("", f"  {len(flows)} flows: {lost} packets lost")
     return lost
 
 

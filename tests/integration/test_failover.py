@@ -81,6 +81,9 @@ def test_the_master_node_dies_and_another_takes_over_losing_nothing(net):
     p1 = net["peers"][P1]
     wait_elections_ready(net, nodes)
     assert the_master(nodes) is n1
+    # Every node's Redis would refuse writes as an isolated master, the joined ones too.
+    wait_until(lambda: all(n.redis("CONFIG", "GET", "min-replicas-to-write").split()[1] == "1" for n in nodes), 20,
+               "every node's Redis to require a replica for writes")
     flows = [PingFlow(n2.host, n3.tunnel_address, FLOW_SECONDS, logs / "n2-n3.log"),
              PingFlow(p1.host, n2.tunnel_address, FLOW_SECONDS, logs / "p1-n2.log"),
              PingFlow(p1.host, n3.tunnel_address, FLOW_SECONDS, logs / "p1-n3.log")]
@@ -154,13 +157,14 @@ def test_a_partitioned_master_refuses_writes_and_rejoins_as_a_replica(net):
     for rule in cut:
         old.host.run(rule)
     try:
+        # From the first moment the isolated master acknowledges nothing: a write waits for replicas in vain.
+        assert old.hctl("peers", "authorize", "split-brain-1").returncode != 0, "an isolated master acknowledged"
         new = wait_until(lambda: settled_on_one_master(others), 30,
                          f"the majority to elect a master among themselves\n{debug(net)}")
+        # Once its replicas are 2 s silent it refuses writes outright (min-replicas-to-write).
         wait_until(lambda: "NOREPLICAS" in old.redis("SET", "heimdall:probe", "split-brain", check=False), 15,
                    "the isolated old master to refuse writes")
-        refused = old.hctl("peers", "authorize", "split-brain-peer")
-        assert refused.returncode != 0, "the isolated old master's API acknowledged a write"
-        assert old.redis("GET", "heimdall:probe").strip() == ""
+        assert old.hctl("peers", "authorize", "split-brain-2").returncode != 0, "an isolated master acknowledged"
         assert new.hctl("peers", "authorize", "majority-peer").returncode == 0
     finally:
         for rule in cut:
@@ -168,7 +172,9 @@ def test_a_partitioned_master_refuses_writes_and_rejoins_as_a_replica(net):
     wait_until(lambda: old.is_replica_of(new), 30, f"the old master to replicate the new one after healing\n{debug(net)}")
     assert the_master(nodes) is new
     wait_until(lambda: every_daemon_follows(nodes, new), 20, "every daemon on every node to follow the same record")
-    assert "split-brain-peer" not in new.redis("HKEYS", keys.AUTHORIZED)
+    for node in nodes:  # what the old master took in before it refused is gone with its history
+        assert not {"split-brain-1", "split-brain-2"} & set(node.redis("HKEYS", keys.AUTHORIZED).split())
+        assert node.redis("GET", "heimdall:probe").strip() == ""
     assert "majority-peer" in old.redis("HKEYS", keys.AUTHORIZED)
     epochs = {n.redis("HGET", keys.MASTER, "epoch").strip() for n in nodes}
     assert epochs == {"4"}, epochs
