@@ -10,6 +10,11 @@ the record moves as soon as any sentinel knows; the record's epoch goes up by
 one per change of master and never backwards (heimdall/state/master.lua).
 An isolated or returning old master cannot take writes meanwhile: heimdall-store
 keeps min-replicas-to-write at 1, and its replicas follow the new master.
+
+With ``witness = true`` (on a host that is no node, e.g. a peer) it runs only the
+sentinel, registered with the master as a voter: the tie-breaker that lets a
+two-node cluster elect. With ``--redis-url`` nothing is elected (that Redis is
+its owner's); it only makes sure a master record exists.
 """
 from __future__ import annotations
 

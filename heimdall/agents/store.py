@@ -7,9 +7,11 @@ the master the node's sentinel (heimdall-elector) names, woken by its
 ``+switch-master``; before that sentinel runs, at the master named by the
 replicated ``heimdall:master`` record, or by the membership file while the
 local Redis is still empty. It also keeps the settings that make failover safe:
-``min-replicas-to-write 1`` once a failover is possible (three voters: an
-isolated or stale master refuses writes), and ``replica-priority`` by join order (Sentinel
-promotes the oldest surviving node).
+``replica-priority`` by join order (Sentinel promotes the oldest surviving node)
+and ``min-replicas-to-write`` (see :meth:`StoreAgent._fence`): once a failover
+is possible, a master without a replica in touch refuses writes (an isolated or
+stale master must not take writes the others never see), unless a majority of
+the voters' sentinels name it master (the survivor of two nodes and a witness).
 With ``--redis-url`` there is nothing to run: the daemon only watches that Redis.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from heimdall import cluster, identity
 from heimdall.daemon import Daemon
 from heimdall.identity import Membership
 from heimdall.redis_server import RedisServerConfig, RedisServerProcess, RedisServerError
+from heimdall import sentinel as election
 from heimdall.sentinel import MASTER_NAME
 from heimdall.state import NodeRecord, State
 from heimdall.state.connect import external_redis
@@ -43,7 +46,10 @@ class StoreAgent(Daemon):
         self.server: RedisServerProcess | None = None
         self.replicating_from: str | None = None  # "" = we are master, None = not decided
         self.bound_tunnel = False
-        self.tuned: tuple[int, int] | None = None  # (min-replicas-to-write, replica-priority) last set
+        self.tuned: int | None = None  # the replica-priority last set
+        self.voters: list[str] = []  # the sentinels' addresses: every node's tunnel address, every witness's
+        self.can_fail_over = False  # two nodes or more, three voters or more
+        self.min_replicas: int | None = None  # min-replicas-to-write last set
         self.changed = asyncio.Event()
 
     async def start(self) -> None:
@@ -58,8 +64,8 @@ class StoreAgent(Daemon):
     def _server_config(self, membership: Membership | None) -> RedisServerConfig:
         # The tunnel address may not exist yet: "-" makes it optional; _bind_tunnel adds it once it does.
         bind = ("127.0.0.1", f"-{membership.tunnel_address}") if membership else ("127.0.0.1",)
-        # A member starts refusing writes without a replica (it may be a stale master back from the dead);
-        # _tune lowers that to 0 if the cluster turns out to be this node alone.
+        # A member starts refusing writes without a replica (it may be a stale master back from the dead)
+        # until _fence has looked at the cluster.
         safety = {"min-replicas-to-write": "1" if membership else "0", "min-replicas-max-lag": str(MAX_REPLICA_LAG)}
         return RedisServerConfig(port=self.config.redis_port, data_dir=Path(self.config.data_dir) / "redis",
                                  password=self.password, bind=bind, extra=safety)
@@ -71,7 +77,7 @@ class StoreAgent(Daemon):
         await self.server.start()
         self.replicating_from = None
         self.bound_tunnel = False
-        self.tuned = None
+        self.tuned = self.min_replicas = None
         await self._follow_master()
 
     @property
@@ -92,7 +98,7 @@ class StoreAgent(Daemon):
                 state = State(client)
                 master, nodes = await state.master(), await state.nodes()
                 if nodes:
-                    await self._tune(client, nodes, len(await state.witnesses()))
+                    await self._tune(client, nodes, await state.witnesses())
             except RedisError:
                 master = None
         elected = await self._sentinel_master()
@@ -114,23 +120,57 @@ class StoreAgent(Daemon):
             return None
         return answer[0] if answer else None
 
-    def _sentinel(self) -> aioredis.Redis:
-        return aioredis.Redis(host="127.0.0.1", port=self.config.sentinel_port, password=self.password,
+    def _sentinel(self, host: str = "127.0.0.1") -> aioredis.Redis:
+        return aioredis.Redis(host=host, port=self.config.sentinel_port, password=self.password,
                               decode_responses=True, socket_timeout=SENTINEL_TIMEOUT,
                               socket_connect_timeout=SENTINEL_TIMEOUT)
 
-    async def _tune(self, client, nodes: dict[str, NodeRecord], witnesses: int) -> None:
-        """Writes need a replica once a failover can happen (three voters or more: then an isolated master
-        must not take writes the others will never see); the oldest node is promoted first."""
+    async def _tune(self, client, nodes: dict[str, NodeRecord], witnesses: dict[str, str]) -> None:
+        """The oldest node is promoted first; note who votes in elections (for :meth:`_fence`)."""
         oldest_first = sorted(nodes.values(), key=lambda n: (n.joined_at, n.id))
         rank = next((i for i, n in enumerate(oldest_first, 1) if n.id == self.node_id), len(oldest_first) + 1)
-        can_fail_over = len(nodes) > 1 and len(nodes) + witnesses >= 3
-        wanted = (1 if can_fail_over else 0, rank)
-        if wanted != self.tuned:
-            await client.config_set("min-replicas-to-write", wanted[0])
-            await client.config_set("replica-priority", wanted[1])
-            self.log.info("min-replicas-to-write %d, replica-priority %d (join order)", *wanted)
-            self.tuned = wanted
+        self.voters = [n.tunnel_address for n in oldest_first] + sorted(witnesses.values())
+        self.can_fail_over = len(nodes) > 1 and len(self.voters) >= 3
+        if rank != self.tuned:
+            await client.config_set("replica-priority", rank)
+            self.log.info("replica-priority %d (join order)", rank)
+            self.tuned = rank
+
+    async def _fence(self) -> None:
+        """Keep min-replicas-to-write: 0 where no failover can happen (one node; two without a witness);
+        else 1, so a master cut off from its replicas stops taking writes, unless it has no replica in touch
+        and a majority of the voters' sentinels name it master: then writes go on, unreplicated, until a
+        replica is back (the survivor of two nodes and a witness)."""
+        membership = Membership.load(self.config.data_dir)
+        if self.tuned is None or membership is None:
+            return
+        wanted = 1 if self.can_fail_over else 0
+        if wanted and self.replicating_from == "":
+            async with self.client as client:
+                info = await client.info("replication")
+            in_touch = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
+                        and v.get("state") == "online" and int(v.get("lag", MAX_REPLICA_LAG + 1)) <= MAX_REPLICA_LAG]
+            if not in_touch and await self._named_master_by_majority(membership.tunnel_address):
+                wanted = 0
+        if wanted != self.min_replicas:
+            async with self.client as client:
+                await client.config_set("min-replicas-to-write", wanted)
+            self.log.info("min-replicas-to-write %d%s", wanted, " (master alone, named by a majority of the "
+                          "sentinels: writes are not replicated until a replica is back)"
+                          if not wanted and self.can_fail_over else "")
+            self.min_replicas = wanted
+
+    async def _named_master_by_majority(self, own_address: str) -> bool:
+        async def names_us(address: str) -> bool:
+            try:
+                async with self._sentinel(address) as sentinel:
+                    answer = await sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
+            except (RedisError, OSError):
+                return False
+            return bool(answer) and answer[0] == own_address
+
+        votes = await asyncio.gather(*(names_us(address) for address in self.voters))
+        return sum(votes) >= election.majority(len(self.voters))
 
     async def _bind_tunnel(self, client, membership: Membership) -> bool:
         bind = f"127.0.0.1 {membership.tunnel_address}"
@@ -216,6 +256,10 @@ class StoreAgent(Daemon):
             except asyncio.TimeoutError:
                 pass
             self.progress()
+            try:
+                await self._fence()
+            except (RedisError, OSError) as exc:
+                self.log.warning("cannot check min-replicas-to-write: %s", exc)
             if settled and not self.changed.is_set() and loop.time() - last_check < self.config.resync_interval:
                 continue
             self.changed.clear()

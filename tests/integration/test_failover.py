@@ -58,9 +58,9 @@ def wait_elections_ready(net, nodes) -> None:
     wait_until(lambda: elections_ready(nodes), 60, f"every sentinel to know every voter and replica\n{debug(net)}")
 
 
-def every_daemon_follows(nodes: list[LabNode], master: LabNode) -> bool:
-    """Every node's API names ``master``, and every node's heimdall-wg heartbeats reach it (writes there)."""
-    since = time.time()
+def every_daemon_follows(nodes: list[LabNode], master: LabNode, since: float) -> bool:
+    """Every node's API names ``master``, and every node's heimdall-wg heartbeats reach it (writes there)
+    after ``since``, a moment when ``master`` was already master."""
     for node in nodes:
         status = json.loads(node.hctl("status", "--json").stdout or "{}")
         if (status.get("master") or {}).get("node_id") != master.node_id:
@@ -96,6 +96,7 @@ def test_the_master_node_dies_and_another_takes_over_losing_nothing(net):
     survivors = [n2, n3]
     master = wait_until(lambda: settled_on_one_master(survivors), 30,
                         f"a survivor to become master, the other replicating it\n{debug(net)}")
+    settled_at = time.time()
     wait_until(lambda: writer.acknowledged_after(killed_at), 30, f"a write acknowledged after the kill\n{debug(net)}")
     acknowledged = writer.stop()
     assert int(master.redis("GET", keys.REV)) > 0
@@ -103,7 +104,8 @@ def test_the_master_node_dies_and_another_takes_over_losing_nothing(net):
     assert set(acknowledged) <= set(stored), f"acknowledged writes lost: {set(acknowledged) - set(stored)}"
     epochs = {n.redis("HGET", keys.MASTER, "epoch").strip() for n in survivors}
     assert epochs == {"2"}, f"the epoch did not go up by one: {epochs}"
-    wait_until(lambda: every_daemon_follows(survivors, master), 20, "every survivor's API to name the new master")
+    wait_until(lambda: every_daemon_follows(survivors, master, settled_at), 20,
+               "every survivor's daemons to follow the new master")
 
     # Afterwards: a new peer is authorized, a route is added, a fourth node joins (through a replica's API).
     replica = n3 if master is n2 else n2
@@ -128,7 +130,9 @@ def test_the_old_master_comes_back_as_a_replica_and_the_oldest_is_preferred(net)
     n1.start().wait_member()
     wait_until(lambda: n1.is_replica_of(master), 30, f"the old master to replicate the new one\n{debug(net)}")
     assert the_master(net["nodes"]) is master
-    wait_until(lambda: every_daemon_follows(net["nodes"], master), 20, "node1's daemons to follow the new master")
+    replicating_at = time.time()
+    wait_until(lambda: every_daemon_follows(net["nodes"], master, replicating_at), 20,
+               "node1's daemons to follow the new master")
     assert n1.redis("HGET", keys.MASTER, "epoch").strip() == "2"
     wait_until(lambda: n1.pings(n4.tunnel_address) and n4.pings(n1.tunnel_address), 20,
                "the old master to reach the node that joined while it was gone")
@@ -171,7 +175,9 @@ def test_a_partitioned_master_refuses_writes_and_rejoins_as_a_replica(net):
             old.host.run([*rule[:2], "-D", *rule[3:]])
     wait_until(lambda: old.is_replica_of(new), 30, f"the old master to replicate the new one after healing\n{debug(net)}")
     assert the_master(nodes) is new
-    wait_until(lambda: every_daemon_follows(nodes, new), 20, "every daemon on every node to follow the same record")
+    healed_at = time.time()
+    wait_until(lambda: every_daemon_follows(nodes, new, healed_at), 20,
+               "every daemon on every node to follow the same record")
     for node in nodes:  # what the old master took in before it refused is gone with its history
         assert not {"split-brain-1", "split-brain-2"} & set(node.redis("HKEYS", keys.AUTHORIZED).split())
         assert node.redis("GET", "heimdall:probe").strip() == ""
