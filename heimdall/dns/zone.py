@@ -181,6 +181,7 @@ class Zone:
     exact: dict[tuple[bytes, int], Prepared] = field(default_factory=dict)
     nodata: dict[bytes, Prepared] = field(default_factory=dict)  # our names, for the types they lack
     nxdomain: Prepared | None = None
+    names: int = 0  # how many names (each answered bare and in the domain)
 
     def lookup(self, query: Query) -> Prepared | None:
         """The prepared answer, or None when the name is not ours (it is forwarded)."""
@@ -195,9 +196,6 @@ class Zone:
         if self.nxdomain is not None and _below(query.name, self.domain):
             return self.nxdomain
         return None
-
-    def __len__(self) -> int:
-        return len(self.nodata)
 
 
 def _below(name: bytes, domain: bytes) -> bool:
@@ -235,7 +233,9 @@ def build_zone(snapshot: Snapshot, domain: str, ttl: int) -> Zone:
     zone = Zone(domain=domain_wire, nxdomain=Prepared(NXDOMAIN, 0, 1, soa))
     zone.exact[(domain_wire, TYPE_SOA)] = Prepared(NOERROR, 1, 0, _record(_TO_QUESTION, TYPE_SOA, ttl, soa_rdata))
     zone.nodata[domain_wire] = negative
-    for name, addresses in name_table(snapshot).items():
+    table = name_table(snapshot)
+    zone.names = len(table)
+    for name, addresses in table.items():
         records = b"".join(_record(_TO_QUESTION, TYPE_A, ttl, ipaddress.IPv4Address(a).packed) for a in addresses)
         answer = Prepared(NOERROR, len(addresses), 0, records)
         for owner in (encode_name(name), encode_name(f"{name}.{domain}")):
