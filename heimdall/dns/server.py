@@ -118,7 +118,7 @@ class Forwarder:
             self.reply(z.rcode_response(pending.query, z.SERVFAIL), pending.client)
         if self.upstreams and self.upstreams[self.current].address in upstreams:
             self.current = (self.current + 1) % len(self.upstreams)
-            log.warning("upstream %s:%d failed %d queries; now forwarding to %s:%d", *next(iter(upstreams)),
+            log.warning("upstream %s:%d failed %d queries; forwarding to %s:%d next", *next(iter(upstreams)),
                         len(failed), *self.upstreams[self.current].address)
 
     def close(self) -> None:
