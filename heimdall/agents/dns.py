@@ -40,7 +40,7 @@ def upstreams_from(resolv_conf: str, own: str) -> list[tuple[str, int]]:
     found = []
     for server in host_dns.nameservers(resolv_conf):
         try:
-            address = ipaddress.ip_address(server.split("%")[0])
+            address = ipaddress.ip_address(server)
         except ValueError:
             continue
         if str(address) != own and not address.is_unspecified:
