@@ -8,10 +8,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 
 # Runtime: Redis, WireGuard (kernel tools + userspace wireguard-go), netfilter, routing.
-# Tests add: qemu + busybox + a Debian kernel to test kernel WireGuard in a guest;
+# Tests add: dnsmasq + dig (an upstream resolver and a client for heimdall-dns), dnsperf; qemu + busybox + a Debian kernel to test kernel WireGuard in a guest;
 # systemd-nspawn + debootstrap to boot the units on real systemd in containers (tests/e2e).
 APT_RUNTIME := redis-server wireguard-tools wireguard-go iptables iproute2 iputils-ping procps util-linux python3 python3-venv
-APT_TEST    := qemu-system-x86 busybox-static cpio xz-utils zstd kmod systemd-container debootstrap
+APT_TEST    := dnsmasq-base bind9-dnsutils dnsperf qemu-system-x86 busybox-static cpio xz-utils zstd kmod systemd-container debootstrap
 
 .PHONY: deps venv test demo bench proto unit clean
 deps:

@@ -18,13 +18,14 @@ import os
 import signal
 import sys
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, TypeVar
 
 import sdnotify
 
 from heimdall import log, settings
 
 logger = logging.getLogger("heimdall.daemon")
+T = TypeVar("T")
 
 
 class Notifier:
@@ -108,6 +109,18 @@ class Daemon:
 
     def request_stop(self) -> None:
         self.stop_requested.set()
+
+    @staticmethod
+    async def until(waiting: Awaitable[T], watched: asyncio.Future) -> T:
+        """Await ``waiting`` (e.g. in start()), unless ``watched``, a task it depends on, ends first:
+        then raise that task's error instead of waiting forever."""
+        waiter = asyncio.ensure_future(waiting)
+        await asyncio.wait({waiter, watched}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():
+            waiter.cancel()
+            watched.result()
+            raise RuntimeError(f"{watched.get_coro().__qualname__} ended")
+        return waiter.result()
 
     async def _watchdog(self, interval: float) -> None:
         while True:

@@ -70,6 +70,13 @@ def positive_float(text: str) -> float:
 
 
 @_parser
+def seconds(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 86400:
+        raise ValueError("must be a whole number of seconds, 0-86400")
+    return int(text)
+
+
+@_parser
 def ipv4_network(text: str) -> ipaddress.IPv4Network:
     net = ipaddress.ip_network(text, strict=True)
     if net.version != 4:
@@ -265,6 +272,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dns-upstream-address", host_port, "", "where other names are forwarded (default: from /etc/resolv.conf)",
             frozenset({"heimdall-dns"})),
     Setting("domain", host_name, "heimdall", "DNS domain of the network's names", frozenset({"heimdall-dns"})),
+    Setting("dns-ttl", seconds, "5", "TTL of heimdall-dns's answers (and of negative answers), in seconds",
+            frozenset({"heimdall-dns"})),
+    Setting("dns-resolve-names", None, False, "make the network's names resolvable on this node too, while "
+            "heimdall-dns runs (see dns-resolver)", frozenset({"heimdall-dns"})),
+    Setting("dns-resolver", choice("auto", "resolved", "resolv-conf", "none"), "auto",
+            "how the network's names are installed on the host: systemd-resolved split DNS on the WireGuard "
+            "interface, a reversible change to /etc/resolv.conf, auto (resolved when /etc/resolv.conf is its "
+            "stub), or none", PEER | frozenset({"heimdall-dns"})),
     # -- peer daemon
     Setting("node-addr", grpc_address, None, "a node's gRPC address (repeatable; fail-over in order)", PEER, repeat=True),
     Setting("update-interval", positive_float, "30", "seconds between full resyncs with the node", PEER),

@@ -5,6 +5,11 @@ configuration as a diff with the same reconciler the nodes use, and when its
 node goes away it moves to the next one — configured addresses first, then the
 nodes it has learned — without touching the tunnels to the other nodes. A
 deauthorized peer (the stream ends and Connect is refused) drops its peers.
+
+While it runs, the network's names resolve on the peer host: the nodes pushed
+as DNS servers answer the pushed domain (heimdall.dns.host: split DNS through
+systemd-resolved, else a reversible change to /etc/resolv.conf). Stopping, or
+being cut off, undoes it.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import grpc
 from heimdall import identity, settings
 from heimdall.api.v1 import heimdall_pb2, heimdall_pb2_grpc
 from heimdall.daemon import Daemon
+from heimdall.dns import host as host_dns
 from heimdall.reconciler import apply_desired
 from heimdall.topology import Desired
 from heimdall.wg import keys, make_backend
@@ -56,6 +62,10 @@ class PeerAgent(Daemon):
         self.learned: list[str] = []
         self.backoff = BACKOFF_FIRST
         self.reconciling = asyncio.Lock()
+        self.resolver = host_dns.host_resolver(config.dns_resolver, config.interface_name, config.data_dir)
+        # (servers, domain) installed on the host; at first unknown (a run that crashed may have left
+        # some), so the first "none" still undoes them.
+        self.names: tuple[tuple[str, ...], str] | None = ((), "")
 
     async def start(self) -> None:
         c = self.config
@@ -124,6 +134,21 @@ class PeerAgent(Daemon):
         self.learned = [a for a in pushed.grpc_addresses if a]
         self.desired = desired
         await self._reconcile(f"rev {pushed.revision} from {address}")
+        await self._install_names((tuple(pushed.dns_servers), pushed.dns_domain) if pushed.dns_servers else None)
+
+    async def _install_names(self, names: tuple[tuple[str, ...], str] | None) -> None:
+        """Make ``names`` (servers, domain) the host's way to the network's names; None: undo."""
+        if self.resolver is None or names == self.names:
+            return
+        try:
+            if names is None:
+                await asyncio.to_thread(self.resolver.remove)
+            else:
+                await asyncio.to_thread(self.resolver.install, *names)
+            self.names = names
+        except (OSError, host_dns.HostDnsError) as exc:
+            self.log.error("cannot %s the network's names on this host: %s", "remove" if names is None else "install",
+                           exc)
 
     async def _reconcile(self, why: str) -> None:
         async with self.reconciling:  # a resync and a push must not apply two configs at once
@@ -147,6 +172,7 @@ class PeerAgent(Daemon):
             self.log.error("refused by the network (%s): dropping all tunnels", reason)
             self.desired = Desired(self.desired.addresses, frozenset(), {})
             await self._reconcile("deauthorization")
+            await self._install_names(None)
         else:
             self.log.warning("not authorized yet (%s); ask an operator: hctl peers authorize %s",
                              reason, self.peer_id)
@@ -164,4 +190,5 @@ class PeerAgent(Daemon):
                 await self._reconcile("resync")
 
     async def shutdown(self) -> None:
-        """The interface stays: tunnels survive a restart of this daemon."""
+        """The interface stays: tunnels survive a restart of this daemon. The host's DNS is put back."""
+        await self._install_names(None)

@@ -123,6 +123,25 @@ def _known_peer(snapshot: Snapshot, peer_id: str, name: str, public_key: str) ->
             and snapshot.authorized.get(peer_id) == public_key)
 
 
+def name_conflict(snapshot: Snapshot, name: str, *, node_id: str = "", peer_id: str = "") -> str | None:
+    """Why node ``node_id`` (or peer ``peer_id``) may not be called ``name``, or None if it may.
+
+    DNS answers must be trustworthy: a node's name belongs to that node alone, so
+    it is unique among nodes and no authorized peer holds it. Peers may share a
+    name with each other (it answers with all their addresses). Compared without
+    case, as DNS does.
+    """
+    wanted = name.lower()
+    for node in snapshot.nodes.values():
+        if node.id != node_id and node.name.lower() == wanted:
+            return f"name {name!r} is taken by node {node.id}; choose another (--name)"
+    if node_id:
+        for peer in snapshot.peers.values():
+            if peer.id in snapshot.authorized and peer.name.lower() == wanted:
+                return f"name {name!r} is taken by peer {peer.id}; a node's name must be its own (--name)"
+    return None
+
+
 def _optional_key(field: str, value: str) -> str:
     return auth.validate_public_key(field, value) if value else ""
 
@@ -201,6 +220,9 @@ class HeimdallService:
         if self._feed.latest is None or self._feed.latest.master is None:
             raise ApiError(grpc.StatusCode.UNAVAILABLE, "the cluster has no master yet; try again shortly")
         state = self._link.state
+        conflict = name_conflict(await self._master_snapshot(state), valid.name, node_id=valid.node_id)
+        if conflict:
+            raise ApiError(grpc.StatusCode.ALREADY_EXISTS, conflict)
         record = await state.upsert_node(valid.node_id, name=valid.name, public_key=valid.public_key,
                                          endpoint=valid.endpoint, grpc_address=valid.grpc_address,
                                          pool=self._node_pool)
@@ -242,6 +264,9 @@ class HeimdallService:
         snapshot = await self._read()
         if not _known_peer(snapshot, peer_id, name, public_key):
             state = self._link.state
+            conflict = name_conflict(await self._master_snapshot(state), name, peer_id=peer_id)
+            if conflict:
+                raise ApiError(grpc.StatusCode.ALREADY_EXISTS, conflict)
             try:
                 await state.connect_peer(peer_id, name=name, public_key=public_key, pool=self._peer_pool)
             except Denied as exc:

@@ -25,7 +25,7 @@ from heimdall.lab.hosts import Host
 from heimdall.state import keys
 from heimdall.wg import keys as wg_keys
 
-NODE_DAEMONS = ("heimdall-store", "heimdall-wg", "heimdall-api", "heimdall-elector")
+NODE_DAEMONS = ("heimdall-store", "heimdall-wg", "heimdall-dns", "heimdall-api", "heimdall-elector")
 IFNAME = "darknet"
 REDIS_PORT = 16379
 SENTINEL_PORT = 26379

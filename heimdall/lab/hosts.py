@@ -3,8 +3,9 @@
 A host is a network namespace ``<prefix>-<name>`` plus a mount and UTS namespace
 held open by a long-lived holder process (``sleep infinity``). The holder has
 private tmpfs mounts on the directories a Heimdall host owns, so two hosts'
-``/run/wireguard/darknet.sock`` or ``/etc/heimdall`` never collide, and its
-hostname is the host's name. Commands enter all three with ``nsenter -t <holder>``.
+``/run/wireguard/darknet.sock`` or ``/etc/heimdall`` never collide, a private
+``/etc/resolv.conf`` (this machine's is never touched), and its hostname is
+the host's name. Commands enter all three with ``nsenter -t <holder>``.
 
 The hosts share one L2 segment, 192.0.2.0/24: a bridge in a switch namespace
 ``<prefix>-sw`` that also holds 192.0.2.254, every host's default gateway, so
@@ -32,6 +33,10 @@ from pathlib import Path
 UNDERLAY = "192.0.2"  # TEST-NET-1, /24; .254 is the switch
 GATEWAY = f"{UNDERLAY}.254"
 PRIVATE_DIRS = ("/run/wireguard", "/run/heimdall", "/etc/heimdall", "/var/lib/heimdall")
+# /etc/resolv.conf is a host's own too (heimdall-peer changes it): a file on a lab-only tmpfs is
+# bind-mounted over it, holding a nameserver inside the lab where nothing answers.
+RESOLV_CONF = f"# a simulated host's own resolv.conf\nnameserver {GATEWAY}\n"
+_LAB_FILES = "/run/heimdall-lab"
 GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
@@ -125,12 +130,16 @@ class Host:
     # -- setup and teardown, driven by Lab ------------------------------------------
     def _start_holder(self) -> None:
         script = ('set -e; hostname "$0"; for d; do mkdir -p "$d"; '
-                  'mount -t tmpfs -o mode=0755 heimdall-lab "$d"; done; echo ready; exec sleep infinity')
+                  'mount -t tmpfs -o mode=0755 heimdall-lab "$d"; done; '
+                  f'printf %s "$RESOLV" > {_LAB_FILES}/resolv.conf; mount --bind {_LAB_FILES}/resolv.conf /etc/resolv.conf; '
+                  'echo ready; exec sleep infinity')
         # `ip netns exec` gives the holder a mount namespace of its own (and a /sys of this
         # netns); `unshare --uts` a hostname of its own. `ip` and `unshare` exec, so the PID stays.
         self._holder = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, "unshare", "--uts", "sh", "-c", script, self.name, *PRIVATE_DIRS],
+            ["ip", "netns", "exec", self.netns, "unshare", "--uts", "sh", "-c", script, self.name, *PRIVATE_DIRS,
+             _LAB_FILES],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=_environment({"RESOLV": RESOLV_CONF}),
             start_new_session=True,
         )
         ready = self._holder.stdout.readline().strip()

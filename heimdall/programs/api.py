@@ -43,23 +43,13 @@ class ApiDaemon(Daemon):
         self.feed = SnapshotFeed(self.link.state, on_snapshot=self._follow_master, progress=self.progress)
         self._following = asyncio.ensure_future(self.feed.run())
         self.status("waiting for the local Redis to hold this node's record (heimdall-wg: bootstrap or join)")
-        await self._until(self.feed.wait_for(lambda s: self.node_id in s.nodes))
+        await self.until(self.feed.wait_for(lambda s: self.node_id in s.nodes), self._following)
         self.service = HeimdallService(c, cluster_key, self.node_id, self.link, self.feed)
         await self._authorize_configured(c.authorized_peer)
         self.server = ApiServer.from_config(self.service, c)
         await self.server.start()
         self.log.info("node %s: serving on tcp://%s%s", self.node_id, self.server.address,
                       f" and {c.operator_socket}" if c.operator_socket else "")
-
-    async def _until(self, waiting):
-        """Await ``waiting``, unless the feed fails first (then raise its error instead of waiting forever)."""
-        waiter = asyncio.ensure_future(waiting)
-        await asyncio.wait({waiter, self._following}, return_when=asyncio.FIRST_COMPLETED)
-        if not waiter.done():
-            waiter.cancel()
-            self._following.result()
-            raise RuntimeError("the snapshot feed ended")
-        return waiter.result()
 
     def _follow_master(self, snapshot: Snapshot) -> None:
         self.link.follow(snapshot.master, self.node_id)

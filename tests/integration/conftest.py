@@ -10,7 +10,7 @@ import pytest
 
 from heimdall.lab import Lab
 
-TOOLS = ("ip", "nsenter", "unshare", "ping", "wireguard-go", "wg", "redis-server")
+TOOLS = ("ip", "nsenter", "unshare", "ping", "wireguard-go", "wg", "redis-server", "dig", "dnsmasq")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -655,3 +655,32 @@ def test_routes_that_would_break_every_node_are_refused(redis_servers, tmp_path)
     ipv6, default = asyncio.run(scenario())
     assert ipv6.code() == default.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "IPv4 only" in ipv6.details() and "default route" in default.details()
+
+
+# -- names ----------------------------------------------------------------------------------------
+def test_names_are_trustworthy_a_node_name_is_its_own(redis_servers, tmp_path):
+    """A join under another node's name, and a peer taking a node's name, are refused and write nothing;
+    peers may share a name among themselves."""
+    redis_config = redis_servers.start()
+
+    async def scenario():
+        async with running(redis_config, tmp_path) as node:
+            join = await node.refusal(node.call(node.tcp, "Join", join_request(node_id="node-3", name="GW1")))
+            await node.operator("AuthorizePeer", pb.AuthorizePeerRequest(peer_id="laptop-1"))
+            await node.operator("AuthorizePeer", pb.AuthorizePeerRequest(peer_id="laptop-2"))
+            authorized = await node.rev()
+            peer = await node.refusal(node.call(node.tcp, "Connect", pb.ConnectRequest(
+                peer_id="laptop-1", name="gw1", public_key=new_key())))
+            after = await node.rev()
+            for peer_id in ("laptop-1", "laptop-2"):
+                await node.call(node.tcp, "Connect", pb.ConnectRequest(peer_id=peer_id, name="laptop",
+                                                                       public_key=new_key()))
+            node_as_peer = await node.refusal(node.call(node.tcp, "Join", join_request(name="laptop")))
+            return join, authorized, peer, after, node_as_peer, await node.state.snapshot()
+
+    join, authorized, peer, after, node_as_peer, snapshot = asyncio.run(scenario())
+    assert join.code() == grpc.StatusCode.ALREADY_EXISTS and "taken by node" in join.details()
+    assert peer.code() == grpc.StatusCode.ALREADY_EXISTS and "taken by node" in peer.details()
+    assert node_as_peer.code() == grpc.StatusCode.ALREADY_EXISTS and "taken by peer" in node_as_peer.details()
+    assert authorized == after and set(snapshot.nodes) == {NODE_ID}
+    assert sorted(p.name for p in snapshot.peers.values()) == ["laptop", "laptop"]
