@@ -23,7 +23,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from heimdall.lab import Lab
 from heimdall.lab.cluster import LabNode, new_cluster_key, wait_until
@@ -76,6 +76,14 @@ def applied_times(log: str, program: str = "heimdall-wg") -> dict[int, float]:
     for stamp, rev in re.findall(rf"^(\S+ \S+) INFO +{program}: applied rev (\d+)", log, re.M):
         found[int(rev)] = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
     return found
+
+
+def wait_applied(logs: Callable[[], list[str]], rev: int, program: str = "heimdall-wg") -> list[dict[int, float]]:
+    """``applied_times`` of each of ``logs()`` once every one shows revision ``rev``, or a later one, applied."""
+    def everywhere() -> list[dict[int, float]] | None:
+        applied = [applied_times(log, program) for log in logs()]
+        return applied if all(max(a, default=0) >= rev for a in applied) else None
+    return wait_until(everywhere, 30, f"revision {rev} to be applied by every {program}")
 
 
 def latencies_ms(written: dict[int, float], applied: list[dict[int, float]]) -> list[float]:
@@ -196,9 +204,9 @@ def run() -> None:
             written = write_routes(first, nodes[1])
             counts = flow_counts(flows, f"{CHANGES * 2} route changes")  # raises if a flow ended before the writer
             lost = sum(sent - received for sent, received in counts.values())
-            time.sleep(1)
             # The node a route points to has nothing to change for it; every other node does.
-            latencies = latencies_ms(written, [applied_times(n.log("heimdall-wg")) for n in nodes if n is not nodes[1]])
+            latencies = latencies_ms(written, wait_applied(
+                lambda: [n.log("heimdall-wg") for n in nodes if n is not nodes[1]], max(written)))
 
             progress(f"usage of every process of every node, idle after the load ({IDLE_SECONDS:.0f} s)")
             time.sleep(3)

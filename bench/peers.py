@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.cluster import applied_times, figure, latencies_ms, percentile, progress, write_routes
+from bench.cluster import figure, latencies_ms, percentile, progress, wait_applied, write_routes
 from heimdall.api.v1 import heimdall_pb2 as pb
 from heimdall.lab import Lab
 from heimdall.lab.cluster import LabNode, LabPeer, new_cluster_key, wait_until
@@ -99,8 +99,8 @@ def run() -> None:
 
             progress("route changes pushed to the peers")
             written = write_routes(first, nodes[1])
-            time.sleep(1)
-            pushes = latencies_ms(written, [applied_times(p.log(), "heimdall-peer") for p in peers])
+            pushes = latencies_ms(written, wait_applied(lambda: [p.log() for p in peers], max(written),
+                                                        "heimdall-peer"))
 
             progress("revoking the peers")
             revokes = [revoke(first, peer, nodes, logs) for peer in peers]

@@ -14,6 +14,7 @@ import pytest
 from heimdall.lab import Lab
 from heimdall.lab.cluster import BIN, LabNode, NodeError, new_cluster_key, wait_until
 from heimdall.lab.tunnels import LIVE_FLOW_SECONDS, PingFlow, assert_no_loss
+from heimdall.state import keys
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +79,9 @@ def test_a_fourth_node_joins_without_loss_or_interface_restart(cluster):
     wait_until(lambda: all_ping(nodes), 20, "the fourth node to reach everyone and be reached")
     assert_no_loss(flows, "a fourth node joined")
     assert {n.name: n.ifindex() for n in nodes[:3]} == ifindexes
-    wait_until(lambda: n4.is_replica_of(n1), 20, "node4's Redis to replicate node1")  # the next tests read it
+    # Settled, as the next tests expect: its Redis replicates node1 and its heartbeat is in the state.
+    wait_until(lambda: n4.is_replica_of(n1) and n2.redis("HGET", keys.SEEN, n4.node_id).strip(), 20,
+               "node4's Redis to replicate node1 and its heartbeat to reach node2")
 
 
 def test_no_secret_in_any_redis_and_redis_not_on_the_underlay(cluster):
@@ -103,8 +106,15 @@ def test_no_secret_in_any_redis_and_redis_not_on_the_underlay(cluster):
 
 def test_status_shows_heartbeats_and_handshake_ages(cluster):
     n1, n2 = cluster["nodes"][:2]
-    out = n2.host.run([str(BIN / "hctl"), "status", "--json"]).stdout
-    status = json.loads(out)
+
+    def with_handshakes() -> dict | None:
+        """node2's status once it shows a handshake with every other node (reported every few heartbeats:
+        a node that joined just now may have none yet)."""
+        found = json.loads(n2.host.run([str(BIN / "hctl"), "status", "--json"]).stdout)
+        others = [row for row in found["nodes"] if row["name"] != "node2"]
+        return found if all(row["handshake_age"] is not None for row in others) else None
+
+    status = wait_until(with_handshakes, 30, "node2's handshakes to be reported")
     rows = {row["name"]: row for row in status["nodes"]}
     assert status["node_id"] == n2.node_id and status["master"]["node_id"] == n1.node_id
     assert all(row["heartbeat_age"] is not None and row["heartbeat_age"] < 10 for row in rows.values())
