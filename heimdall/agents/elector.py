@@ -51,6 +51,8 @@ class ElectorAgent(Daemon):
         self.wake = asyncio.Event()
         self.announced: list[str] = []  # new masters announced by some sentinel, not handled yet
         self.listeners: dict[str, asyncio.Task] = {}  # sentinel address -> its event listener
+        self.members: set[str] = set()  # the node ids last seen: a node gone from them was removed
+        self.removed = False  # this node was removed from the cluster (said once)
 
     async def start(self) -> None:
         c = self.config
@@ -107,8 +109,18 @@ class ElectorAgent(Daemon):
         state = self.link.state
         nodes = await state.nodes()
         if self.node_id not in nodes:
-            self.status("waiting for the local Redis to hold this node's record")
+            if not nodes:
+                self.status("waiting for the local Redis to hold this node's record")
+            elif not self.removed:  # the cluster's nodes are here, this one is not: it was removed
+                self.removed = True
+                self.log.error("this node was removed from the cluster: it does not vote (its sentinel stops); "
+                               "to return, delete %s/membership.json and join again", self.config.data_dir)
+                self.status("removed from the cluster")
+                if self._sentinel_running():
+                    await self.sentinel.stop()
+                    self.sentinel = None
             return POLL
+        self.removed = False
         voters = len(nodes) + len(await state.witnesses())
         if not self._sentinel_running():
             others = [n.tunnel_address for n in nodes.values() if n.id != self.node_id]
@@ -118,6 +130,7 @@ class ElectorAgent(Daemon):
             if not await self._start_sentinel(membership.tunnel_address, master, voters):
                 return POLL
         self._listen_to({n.tunnel_address for n in nodes.values()})
+        await self._forget_removed(set(nodes))
         while self.announced:  # any sentinel's word is enough to move the record at once
             await self._record_follows(self.announced.pop(0), nodes)
         view = await self._steer(voters)
@@ -125,6 +138,16 @@ class ElectorAgent(Daemon):
             self.status(f"master {view.ip} is down (as this sentinel sees it); waiting for the election")
             return TICK
         return await self._record_follows(view.ip, nodes)
+
+    async def _forget_removed(self, members: set[str]) -> None:
+        """A removed node's sentinel must stop counting as a voter: SENTINEL RESET forgets every sentinel
+        and replica, and the ones still there announce themselves again within seconds."""
+        gone = self.members - members
+        self.members = members
+        if gone:
+            async with self.sentinel.client() as local:
+                await local.execute_command("SENTINEL", "RESET", MASTER_NAME)
+            self.log.info("node(s) %s removed: sentinel reset to forget them", ", ".join(sorted(gone)))
 
     async def _witness_step(self) -> float:
         """A witness: a sentinel that votes, registered as a voter with the master, and nothing else."""

@@ -126,9 +126,10 @@ class StoreAgent(Daemon):
                               socket_connect_timeout=SENTINEL_TIMEOUT)
 
     async def _tune(self, client, nodes: dict[str, NodeRecord], witnesses: dict[str, str]) -> None:
-        """The oldest node is promoted first; note who votes in elections (for :meth:`_fence`)."""
+        """The oldest node is promoted first, a node removed from the cluster never (priority 0); note who
+        votes in elections (for :meth:`_fence`)."""
         oldest_first = sorted(nodes.values(), key=lambda n: (n.joined_at, n.id))
-        rank = next((i for i, n in enumerate(oldest_first, 1) if n.id == self.node_id), len(oldest_first) + 1)
+        rank = next((i for i, n in enumerate(oldest_first, 1) if n.id == self.node_id), 0)
         self.voters = [n.tunnel_address for n in oldest_first] + sorted(witnesses.values())
         self.can_fail_over = len(nodes) > 1 and len(self.voters) >= 3
         if rank != self.tuned:

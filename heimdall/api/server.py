@@ -237,6 +237,23 @@ class HeimdallService:
         snapshot = await self._read()
         return pb.NodesResponse(nodes=[_node(n, snapshot, self.node_id) for n in snapshot.oldest_first() if topology.usable(n)])
 
+    async def RemoveNode(self, request: pb.RemoveNodeRequest, context) -> pb.RemoveNodeResponse:
+        wanted = auth.validate_id("node", request.node)  # an id, or a name (a name is a valid id too)
+        state = self._link.state
+        snapshot = await self._master_snapshot(state)
+        node = snapshot.nodes.get(wanted) or next(
+            (n for n in snapshot.nodes.values() if n.name.lower() == wanted.lower()), None)
+        if node is None:
+            raise ApiError(grpc.StatusCode.NOT_FOUND, f"no node {wanted}")
+        try:
+            routes = await state.remove_node(node.id)
+        except Denied as exc:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
+        log.info("node %s (%s) removed, with its subnet %s and routes %s", node.id, node.name, node.subnet,
+                 ", ".join(routes) or "(none)")
+        await self._caught_up(state)
+        return pb.RemoveNodeResponse(node=_node(node, snapshot, self.node_id), routes=routes)
+
     async def Status(self, request: pb.StatusRequest, context) -> pb.StatusResponse:
         snapshot = await self._read()
         return pb.StatusResponse(node_id=self.node_id, name=self.config.name, version=__version__,

@@ -20,6 +20,7 @@ namespaces, so a recycled PID is never hit.
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import os
 import re
 import secrets
@@ -217,6 +218,31 @@ class Lab:
         for link in ("lo", "eth0"):
             _ip("-n", ns, "link", "set", link, "up")
         _ip("-n", ns, "route", "add", "default", "via", GATEWAY)
+        host._start_holder()
+        return host
+
+    def add_host_behind(self, name: str, router: Host, network: str) -> Host:
+        """A host on a link of its own to ``router`` (a service behind a gateway): ``router`` gets the
+        network's first address on ``lan-<name>``, the new host the tenth on eth0, its default route via
+        ``router``. Nothing else reaches it but through ``router``."""
+        if self._closed:
+            raise LabError("the lab is closed")
+        if not _NAME.fullmatch(name) or name == "sw" or name in self.hosts or len(name) > 11:
+            raise ValueError(f"host name {name!r}: must be new, not 'sw', lowercase letters/digits/'-', "
+                             "starting with a letter, at most 11 characters")
+        net = ipaddress.ip_network(network)
+        gateway, address = net[1], net[10]
+        host = Host(name, f"{self.prefix}-{name}", str(address))
+        self.hosts[name] = host
+        self._add_namespace(host.netns)
+        lan = f"lan-{name}"
+        _ip("-n", router.netns, "link", "add", lan, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
+        _ip("-n", router.netns, "addr", "add", f"{gateway}/{net.prefixlen}", "dev", lan)
+        _ip("-n", router.netns, "link", "set", lan, "up")
+        _ip("-n", host.netns, "addr", "add", f"{address}/{net.prefixlen}", "dev", "eth0")
+        for link in ("lo", "eth0"):
+            _ip("-n", host.netns, "link", "set", link, "up")
+        _ip("-n", host.netns, "route", "add", "default", "via", str(gateway))
         host._start_holder()
         return host
 

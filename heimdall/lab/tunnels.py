@@ -14,12 +14,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from heimdall.lab.cluster import wait_until
 from heimdall.lab.hosts import Host
 from heimdall.lab.wgctl import KEY_FILE
 from heimdall.wg import keys
 
 IFNAME = "darknet"
 PORT = 10100
+LIVE_FLOW_SECONDS = 120  # a flow that assert_no_loss stops: longer than any disruption a test makes
 
 
 class TunnelHost:
@@ -85,6 +87,11 @@ class PingFlow:
     def running(self) -> bool:
         return self.proc.poll() is None
 
+    def wait_answered(self, timeout: float = 10) -> PingFlow:
+        """Wait for the first answer, so a disruption that follows starts on a working path."""
+        wait_until(self.reply_times, timeout, f"{self.log.name} to be answered")
+        return self
+
     def wait(self) -> tuple[int, int]:
         """Wait for the end; (sent, received)."""
         self.proc.wait(timeout=60)
@@ -124,6 +131,32 @@ class PingFlow:
             raise RuntimeError(f"too few answers in {self.log} to time the end")
         spacing = statistics.median(b - a for a, b in zip(times, times[1:]))
         return times[-1] + spacing
+
+
+def flow_counts(flows: list[PingFlow], what: str, answers_after: int = 5, timeout: float = 30) -> dict[str, tuple[int, int]]:
+    """{flow log name: (sent, received)} of ``flows`` over ``what``, which is over now.
+
+    Each flow must still be running, or it did not cover all of ``what``: that
+    raises AssertionError (size flows to outlast any disruption: they are stopped
+    here, not waited out). Each is stopped once answered ``answers_after`` more
+    times, so a loss at the very end shows as a gap before an answer and the
+    echo still in flight is not counted as lost.
+    """
+    ended = [f.log.name for f in flows if not f.running()]
+    assert not ended, f"{', '.join(ended)} ended before {what} was over: it went partly unobserved"
+    counts = {}
+    for flow in flows:
+        answered = len(flow.reply_times())
+        wait_until(lambda: len(flow.reply_times()) >= answered + answers_after, timeout,
+                   f"{flow.log.name} to be answered again after {what}")
+        counts[flow.log.name] = flow.stop()
+    return counts
+
+
+def assert_no_loss(flows: list[PingFlow], what: str, answers_after: int = 5, timeout: float = 30) -> None:
+    """Assert that ``flows`` lost no packet while ``what`` happened (see ``flow_counts``)."""
+    for name, (sent, received) in flow_counts(flows, what, answers_after, timeout).items():
+        assert sent == received, f"lost {sent - received} of {sent} packets while {what} ({name})"
 
 
 @dataclass(frozen=True)

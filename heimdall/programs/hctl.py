@@ -124,6 +124,13 @@ async def nodes_list(stub, args) -> Result:
             render_table(("NODE ID", "NAME", "SUBNET", "TUNNEL ADDRESS", "ENDPOINT", "API", "LAST HEARTBEAT"), rows))
 
 
+async def nodes_remove(stub, args) -> Result:
+    answer = await _call(stub.RemoveNode, pb.RemoveNodeRequest(node=args.node))
+    withdrawn = f"; routes withdrawn: {', '.join(answer.routes)}" if answer.routes else ""
+    return (as_dict(answer), f"removed node {answer.node.name} ({answer.node.id}), subnet {answer.node.subnet} "
+                             f"released{withdrawn}")
+
+
 async def peers_list(stub, args) -> Result:
     peers = (await _call(stub.Peers, pb.PeersRequest())).peers
     now = time.time()
@@ -243,8 +250,15 @@ def command_parser() -> argparse.ArgumentParser:
         epilog=_options_help())
     nouns = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True, prog=PROGRAM)
 
-    nodes = _noun(nouns, "nodes", "The gateway nodes of the cluster.", "  hctl nodes list --json\n")
+    nodes = _noun(nouns, "nodes", "The gateway nodes of the cluster.",
+                  "  hctl nodes list --json\n  hctl nodes remove gw3\n")
     _verb(nodes, "list", nodes_list, "list every node: subnet, tunnel address, endpoint, last heartbeat")
+    remove = _verb(nodes, "remove", nodes_remove, "take a node out for good: tunnels, names, subnet, routes",
+                   "Take a node out for good: every host drops its WireGuard entry and its names, its subnet "
+                   "goes back to the pool and its routes are withdrawn. Stop its daemons first; to come back "
+                   "it must join again (delete its /var/lib/heimdall/membership.json). The master's node "
+                   "cannot be removed: stop it, let the others elect a new master, then remove it.")
+    remove.add_argument("node", metavar="NODE", help="the node's ID or name")
 
     peers = _noun(nouns, "peers", "Access-only peers, and which peer IDs may connect.",
                   "  hctl peers authorize laptop-7 --public-key xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\n"

@@ -208,6 +208,21 @@ class State:
         assert record.subnet == subnet
         return record
 
+    async def remove_node(self, node_id: str) -> list[str]:
+        """Take a node out: its record, subnet (back to the pool), routes, liveness. Refused (Denied) while
+        it is unknown or holds the master. Returns the routes withdrawn with it."""
+        key = keys.node(node_id)
+        routes = sorted(network for network, via in (await self.writer.hgetall(keys.ROUTES)).items() if via == node_id)
+        await self._write("remove-node", node_id, [
+            ["DEL", key, keys.handshakes(node_id)], ["SREM", keys.NODES, node_id], ["HDEL", keys.SEEN, node_id],
+            *(["HDEL", keys.ROUTES, network] for network in routes),
+        ], guards=[
+            {"key": key, "field": "id", "allowed": [node_id], "error": f"no node {node_id}"},
+            {"key": keys.MASTER, "field": "node_id", "forbidden": [node_id],
+             "error": f"node {node_id} holds the master: stop it so that another node is elected, then remove it"},
+        ], release=[{"hash": keys.IPAM_NODE_SUBNETS, "owner_key": key, "owner_field": "subnet"}])
+        return routes
+
     async def heartbeat(self, node_id: str, now: float | None = None) -> None:
         """Liveness only: not a change of state, so no revision bump and no event."""
         await self.writer.hset(keys.SEEN, node_id, int(time.time() if now is None else now))

@@ -2,7 +2,8 @@
 --
 -- KEYS[1] = the revision counter, KEYS[2] = the events channel.
 -- ARGV[1] = JSON {
---   guards  = [{key, field, allowed = [values...], error}]   -- HGET key field must exist and be one of allowed;
+--   guards  = [{key, field, allowed = [values...], error}]   -- HGET key field must exist and be one of allowed,
+--             or [{key, field, forbidden = [values...], error}]  -- or must not be one of forbidden;
 --   alloc   = {hash, owner, owner_key, owner_field, base, count, step, prefix}
 --             -- reuse owner_key[owner_field] if hash maps it to owner, else claim the first free
 --             -- base + i*step (i < count) in hash; formatted as dotted quad (+ "/prefix" if set);
@@ -22,9 +23,12 @@ end
 
 for _, g in ipairs(req.guards or {}) do
   local value = redis.call('HGET', g.key, g.field)
-  local ok = false
-  for _, allowed in ipairs(g.allowed) do
+  local ok = g.allowed == nil
+  for _, allowed in ipairs(g.allowed or {}) do
     if value == allowed then ok = true end
+  end
+  for _, forbidden in ipairs(g.forbidden or {}) do
+    if value == forbidden then ok = false end
   end
   if not ok then return redis.error_reply('DENIED ' .. g.error) end
 end

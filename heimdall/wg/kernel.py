@@ -19,23 +19,24 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from heimdall.wg import links
 from heimdall.wg.backend import WireGuardBackend
-from heimdall.wg.model import (PeerPlan, WgDevice, WgPeer, WgPeerStatus, WireGuardError, join_endpoint,
-                                 split_endpoint)
+from heimdall.wg.model import (PeerPlan, WgDevice, WgPeer, WgPeerStatus, WireGuardError, allowed_ips_change,
+                                 join_endpoint, split_endpoint)
 
 
-def peer_request(peer: WgPeer) -> dict:
+def peer_request(peer: WgPeer, current: WgPeer | None = None) -> dict:
     """The pyroute2 peer dict that makes the interface's peer exactly ``peer``.
 
-    Allowed IPs are replaced rather than added to, and keepalive 0 turns it off.
-    The endpoint is only sent when we want a specific one, so one the peer
-    roamed to is kept (as ``plan_peers`` assumes).
+    ``current`` (the peer as the interface holds it) lets an update add only new
+    allowed IPs instead of replacing them all (``allowed_ips_change``); keepalive 0
+    turns it off. The endpoint is only sent when we want a specific one, so one
+    the peer roamed to is kept (as ``plan_peers`` assumes).
     """
-    request = {
-        "public_key": peer.public_key,
-        "allowed_ips": list(peer.allowed_ips),
-        "replace_allowed_ips": True,
-        "persistent_keepalive": peer.persistent_keepalive,
-    }
+    allowed_ips, replace = allowed_ips_change(peer, current)
+    request = {"public_key": peer.public_key, "persistent_keepalive": peer.persistent_keepalive}
+    if replace:
+        request["replace_allowed_ips"] = True
+    if allowed_ips or replace:
+        request["allowed_ips"] = list(allowed_ips)
     if peer.endpoint is not None:
         request["endpoint_addr"], request["endpoint_port"] = split_endpoint(peer.endpoint)
     return request
@@ -147,7 +148,8 @@ class KernelBackend(WireGuardBackend):
         for verb, peers in (("update", plan.update), ("add", plan.add)):
             for peer in peers:
                 try:
-                    changes.append((f"{verb} peer {peer.public_key}", {"peer": peer_request(peer)}))
+                    request = peer_request(peer, plan.previous.get(peer.public_key))
+                    changes.append((f"{verb} peer {peer.public_key}", {"peer": request}))
                 except ValueError as exc:
                     raise WireGuardError(f"{self.ifname}: cannot {verb} peer {peer.public_key}: {exc}") from None
         self._wg_set(changes)

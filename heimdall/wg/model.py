@@ -105,6 +105,21 @@ class PeerPlan:
         return f"+{len(self.add)} ~{len(self.update)} -{len(self.remove)}"
 
 
+def allowed_ips_change(peer: WgPeer, current: WgPeer | None) -> tuple[tuple[str, ...], bool]:
+    """(allowed IPs to send, whether they replace the peer's) to turn ``current`` into ``peer``.
+
+    Both kernel WireGuard and wireguard-go apply a replace as "remove all the peer's
+    allowed IPs, then add each": a packet to or from the peer routed in between is
+    dropped (kernel: "Destination Host Unreachable" from our own tunnel address).
+    So when the peer keeps all it has, only the new ones are added, without a replace,
+    and its traffic never sees a gap. A peer that loses one still needs the replace:
+    neither backend here can remove a single allowed IP.
+    """
+    if current is not None and set(current.allowed_ips) <= set(peer.allowed_ips):
+        return tuple(n for n in peer.allowed_ips if n not in current.allowed_ips), False
+    return peer.allowed_ips, True
+
+
 def plan_peers(desired: dict[str, WgPeer], actual: dict[str, WgPeer]) -> PeerPlan:
     """Diff two {public_key: WgPeer} maps.
 

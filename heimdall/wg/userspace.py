@@ -25,8 +25,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from heimdall.wg import keys, links
 from heimdall.wg.backend import WireGuardBackend
-from heimdall.wg.model import (PeerPlan, WgDevice, WgPeer, WgPeerStatus, WireGuardError, join_endpoint,
-                                 split_endpoint)
+from heimdall.wg.model import (PeerPlan, WgDevice, WgPeer, WgPeerStatus, WireGuardError, allowed_ips_change,
+                                 join_endpoint, split_endpoint)
 
 SOCKET_DIR = "/var/run/wireguard"  # fixed in wireguard-go
 UAPI_TIMEOUT = 5.0  # seconds for one request; wireguard-go answers in microseconds
@@ -94,21 +94,19 @@ def _peer_lines(peer: WgPeer, current: WgPeer | None = None) -> list[str]:
     """Lines that make a peer exactly ``peer``, whether it exists yet or not.
 
     An endpoint of None is not sent, so an endpoint WireGuard learned by roaming stays.
-    When ``current`` (the peer as the interface holds it) has only allowed IPs that
-    ``peer`` keeps, just the new ones are added: wireguard-go applies a replace as
-    "remove all, then add each", and a packet routed in between would be dropped.
+    ``current`` (the peer as the interface holds it) lets an update add only new
+    allowed IPs instead of replacing them all (``allowed_ips_change``).
     """
-    grows = current is not None and set(current.allowed_ips) <= set(peer.allowed_ips)
+    allowed_ips, replace = allowed_ips_change(peer, current)
     try:
-        lines = [f"public_key={key_hex(peer.public_key)}"] + ([] if grows else ["replace_allowed_ips=true"])
+        lines = [f"public_key={key_hex(peer.public_key)}"] + (["replace_allowed_ips=true"] if replace else [])
     except ValueError as exc:
         raise ValueError(f"peer {peer.public_key!r}: public key: {exc}") from None
     if peer.endpoint is not None:
         lines.append(f"endpoint={format_endpoint(peer.endpoint)}")
     keepalive = _port(peer.persistent_keepalive, f"peer {peer.public_key}: persistent keepalive")
     lines.append(f"persistent_keepalive_interval={keepalive}")
-    kept = set(current.allowed_ips) if grows else set()
-    lines.extend(f"allowed_ip={network}" for network in peer.allowed_ips if network not in kept)
+    lines.extend(f"allowed_ip={network}" for network in allowed_ips)
     return lines
 
 

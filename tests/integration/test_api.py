@@ -23,7 +23,7 @@ from heimdall.state.feed import SnapshotFeed
 from heimdall.api.server import MAX_MESSAGE_SIZE, ApiServer, HeimdallService
 from heimdall.api.v1 import heimdall_pb2 as pb
 from heimdall.api.v1 import heimdall_pb2_grpc
-from heimdall.programs.api import ApiDaemon
+from heimdall.programs.api import STOP_GRACE, ApiDaemon
 from heimdall.redis_server import redis_server_binary
 from heimdall.state import Pool, State
 from heimdall.wg import keys
@@ -33,6 +33,7 @@ pytestmark = pytest.mark.integration
 
 CLUSTER_KEY = "integration-test-cluster-key"
 NODE_ID = "node-1"
+PUSH_DEADLINE = 10.0  # seconds: generous; how fast changes arrive is measured by `python -m bench peers`
 
 
 def new_key() -> str:
@@ -419,24 +420,18 @@ def test_watch_pushes_each_change_at_once_and_ends_on_deauthorization(redis_serv
                 first = await asyncio.wait_for(stream.read(), 5)
                 # A change that leaves this peer's config alone is not pushed...
                 await node.operator("AuthorizePeer", pb.AuthorizePeerRequest(peer_id="someone-else"))
-                started = time.monotonic()
                 await node.operator("CreateRoute", pb.CreateRouteRequest(network="10.200.0.0/24", node_id=NODE_ID))
-                # ...so the next message is the route's.
-                pushed = await asyncio.wait_for(stream.read(), 5)
-                latency = time.monotonic() - started
-                started = time.monotonic()
+                # ...so the next message is the route's. How fast: bench peers, peer_push_ms.
+                pushed = await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
                 await node.operator("DeauthorizePeer", pb.DeauthorizePeerRequest(peer_id="laptop-1"))
-                ended = await refused(asyncio.wait_for(stream.read(), 5))
-                end_latency = time.monotonic() - started
-            return wrong, first, pushed, latency, ended, end_latency
+                ended = await refused(asyncio.wait_for(stream.read(), PUSH_DEADLINE))
+            return wrong, first, pushed, ended
 
-    wrong, first, pushed, latency, ended, end_latency = asyncio.run(scenario())
+    wrong, first, pushed, ended = asyncio.run(scenario())
     assert wrong.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "10.200.0.0/24" not in first.peers[0].allowed_ips
     assert "10.200.0.0/24" in pushed.peers[0].allowed_ips and pushed.revision > first.revision
-    assert latency < 0.5, f"the route reached the watching peer after {latency:.3f} s"
     assert ended.code() == grpc.StatusCode.PERMISSION_DENIED and "no longer authorized" in ended.details()
-    assert end_latency < 0.5
 
 
 async def _first(node: Node, request: pb.WatchRequest):
@@ -457,13 +452,13 @@ def test_watch_streams_end_when_the_server_stops(redis_servers, tmp_path):
                 await stream.read()
                 started = time.monotonic()
                 stopping = asyncio.ensure_future(node.daemon.shutdown())
-                ended = await refused(asyncio.wait_for(stream.read(), 5))
+                ended = await refused(asyncio.wait_for(stream.read(), STOP_GRACE + PUSH_DEADLINE))
                 await stopping
                 return ended, time.monotonic() - started
 
     ended, elapsed = asyncio.run(scenario())
     assert ended.code() == grpc.StatusCode.UNAVAILABLE and "another node" in ended.details()
-    assert elapsed < 2  # not the whole grace period: peers fail over at once
+    assert elapsed < STOP_GRACE, "the stream was left to the grace period: its peer did not fail over at once"
 
 
 # -- the state store away ----------------------------------------------------------------------------
@@ -594,15 +589,13 @@ def test_the_feed_notices_a_full_sync_of_the_replica_which_publishes_no_event(re
                 empty = await feed.wait_for(lambda s: True, 5)
                 await lonely.config_set("masterauth", PASSWORD)
                 await lonely.replicaof("127.0.0.1", master_config.port)
-                started = time.monotonic()
-                synced = await feed.wait_for(lambda s: NODE_ID in s.nodes, 5)
-                return empty, synced, time.monotonic() - started
+                synced = await feed.wait_for(lambda s: NODE_ID in s.nodes, PUSH_DEADLINE)
+                return empty, synced
             finally:
                 following.cancel()
 
-    empty, synced, elapsed = asyncio.run(scenario())
+    empty, synced = asyncio.run(scenario())
     assert empty.nodes == {} and synced is not None and synced.master.node_id == NODE_ID
-    assert elapsed < 3
 
 
 def test_repeating_an_operator_command_writes_nothing(redis_servers, tmp_path):

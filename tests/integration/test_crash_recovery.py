@@ -18,7 +18,7 @@ import pytest
 
 from heimdall.lab import Lab
 from heimdall.lab.cluster import NODE_DAEMONS, LabNode, NodeError, new_cluster_key, wait_until
-from heimdall.lab.tunnels import PingFlow
+from heimdall.lab.tunnels import PingFlow, assert_no_loss
 
 pytestmark = pytest.mark.integration
 
@@ -137,9 +137,5 @@ def test_a_killed_daemon_recovers_and_leaves_nothing_behind(nodes, daemon, role)
                     f"{master.logs()}\n{replica.logs()}")
     assert errors_since(node, daemon, before["log"]) == [], node.log(daemon)
 
-    answered = len(flow.reply_times())
-    wait_until(lambda: len(flow.reply_times()) >= answered + 10, DEADLINE, "the flow to go on being answered")
-    assert flow.running(), "the flow ended before the recovery was complete: not a live test"
-    sent, received = flow.stop()
-    assert sent == received, f"lost {sent - received} of {sent} echoes around a kill -9 of {daemon} on the {role}"
+    assert_no_loss([flow], f"{daemon} on the {role} was killed (-9) and recovered", answers_after=10, timeout=DEADLINE)
     assert [n.ifindex() for n in nodes] == ifindexes, "a WireGuard interface was recreated"

@@ -15,13 +15,12 @@ import pytest
 from heimdall.lab import Lab
 from heimdall.lab.cluster import (AckedWriter, LabNode, LabPeer, elections_ready, new_cluster_key,
                                   settled_on_one_master, the_master, wait_until)
-from heimdall.lab.tunnels import PingFlow
+from heimdall.lab.tunnels import LIVE_FLOW_SECONDS, PingFlow, assert_no_loss
 from heimdall.state import keys
 
 pytestmark = pytest.mark.integration
 
 P1, P2 = "roadwarrior-1", "roadwarrior-2"
-FLOW_SECONDS = 40  # longer than any test's disruption: the flows must outlast it (checked)
 ROUTE = "192.168.77.0/24"
 
 
@@ -68,13 +67,6 @@ def every_daemon_follows(nodes: list[LabNode], master: LabNode, since: float) ->
     return all(int(master.redis("HGET", keys.SEEN, n.node_id).strip() or 0) >= int(since) for n in nodes)
 
 
-def no_loss(flows: list[PingFlow], what: str) -> None:
-    assert all(f.running() for f in flows), f"the flows ended before {what} was over: not a live test"
-    for flow in flows:
-        sent, received = flow.wait()
-        assert sent == received, f"lost {sent - received} of {sent} packets while {what} ({flow.log.name})"
-
-
 def test_the_master_node_dies_and_another_takes_over_losing_nothing(net):
     lab, logs, nodes = net["lab"], net["logs"], net["nodes"]
     n1, n2, n3 = nodes
@@ -84,9 +76,9 @@ def test_the_master_node_dies_and_another_takes_over_losing_nothing(net):
     # Every node's Redis would refuse writes as an isolated master, the joined ones too.
     wait_until(lambda: all(n.redis("CONFIG", "GET", "min-replicas-to-write").split()[1] == "1" for n in nodes), 20,
                "every node's Redis to require a replica for writes")
-    flows = [PingFlow(n2.host, n3.tunnel_address, FLOW_SECONDS, logs / "n2-n3.log"),
-             PingFlow(p1.host, n2.tunnel_address, FLOW_SECONDS, logs / "p1-n2.log"),
-             PingFlow(p1.host, n3.tunnel_address, FLOW_SECONDS, logs / "p1-n3.log")]
+    flows = [PingFlow(n2.host, n3.tunnel_address, LIVE_FLOW_SECONDS, logs / "n2-n3.log"),
+             PingFlow(p1.host, n2.tunnel_address, LIVE_FLOW_SECONDS, logs / "p1-n2.log"),
+             PingFlow(p1.host, n3.tunnel_address, LIVE_FLOW_SECONDS, logs / "p1-n3.log")]
     writer = AckedWriter(n3, "before-and-during")
     writer.start()
     wait_until(lambda: len(writer.acknowledged) >= 5, 20, "the writer to have changes acknowledged")
@@ -121,7 +113,7 @@ def test_the_master_node_dies_and_another_takes_over_losing_nothing(net):
     wait_until(lambda: all(a.pings(b.tunnel_address) for a in (*survivors, n4) for b in (*survivors, n4) if a is not b),
                30, f"the fourth node to join the survivors' mesh\n{debug(net)}")
     wait_until(lambda: n4.is_replica_of(master), 20, "the fourth node to replicate the new master")
-    no_loss(flows, "the master died and the survivors elected another")
+    assert_no_loss(flows, "the master died and the survivors elected another")
 
 
 def test_the_old_master_comes_back_as_a_replica_and_the_oldest_is_preferred(net):

@@ -9,14 +9,13 @@ import base64
 import json
 import os
 import sys
-import time
 
 import pytest
 
 from heimdall.lab import Lab
 from heimdall.lab.cluster import LabNode, LabPeer, new_cluster_key, node_addr, wait_until
 from heimdall.lab.hosts import PRIVATE_DIRS
-from heimdall.lab.tunnels import PingFlow
+from heimdall.lab.tunnels import LIVE_FLOW_SECONDS, PingFlow, assert_no_loss
 from heimdall.state import keys
 
 pytestmark = pytest.mark.integration
@@ -95,13 +94,6 @@ def node_has(node: LabNode, peer: LabPeer) -> bool:
     return node.wg_peers().get(peer.public_key) == [f"{peer.address}/32"]
 
 
-def no_loss(flows: list[PingFlow], what: str) -> None:
-    assert all(f.running() for f in flows), f"the flows ended before {what} was complete: not a live test"
-    for flow in flows:
-        sent, received = flow.wait()
-        assert sent == received, f"lost {sent - received} of {sent} packets while {what}"
-
-
 def test_a_peer_is_refused_until_authorized_then_reaches_both_nodes(net):
     n1, n2 = net["nodes"]
     before = revision(n1)
@@ -126,11 +118,12 @@ def test_a_peer_is_refused_until_authorized_then_reaches_both_nodes(net):
 def test_a_second_peer_connects_while_the_first_loses_nothing(net):
     n1, n2 = net["nodes"]
     p1 = net["peers"][P1]
-    flows = [PingFlow(p1.host, n.tunnel_address, 8, net["logs"] / f"p1-{n.name}-join.log") for n in (n1, n2)]
+    flows = [PingFlow(p1.host, n.tunnel_address, LIVE_FLOW_SECONDS, net["logs"] / f"p1-{n.name}-join.log").wait_answered()
+             for n in (n1, n2)]
     assert n1.hctl("peers", "authorize", P2).returncode == 0
     p2 = net["peers"][P2] = LabPeer(net["lab"].add_host("peer2"), P2, [n1, n2], net["logs"]).start()
     wait_until(lambda: p2.reaches([n1, n2]), 20, f"the second peer to reach both nodes\n{debug(net)}")
-    no_loss(flows, "a second peer was authorized and connected")
+    assert_no_loss(flows, "a second peer was authorized and connected")
     assert all(node_has(n, p) for n in (n1, n2) for p in (p1, p2))
     assert p1.address != p2.address
 
@@ -175,25 +168,15 @@ def test_with_peer_to_peer_allowed_peers_on_different_nodes_reach_each_other(net
     assert p1.reaches([n1, n2]) and p2.reaches([n1, n2])
 
 
-def test_deauthorizing_cuts_the_peer_off_every_node_within_a_second(net):
+def test_deauthorizing_cuts_the_peer_off_every_node(net):
+    """How fast: `python -m bench peers`, revoke_ms."""
     n1, n2 = net["nodes"]
     p2 = net["peers"][P2]
-    flows = [PingFlow(p2.host, n.tunnel_address, 4, net["logs"] / f"p2-{n.name}-revoke.log", interval=0.01)
-             for n in (n1, n2)]
-    wait_until(lambda: all(len(f.reply_times()) >= 5 for f in flows), 5, "the probes to get answers")
-    started = time.time()
+    assert p2.reaches([n1, n2])
     revoked = n1.hctl("peers", "deauthorize", P2)
     assert revoked.returncode == 0, revoked.stderr
-    wait_until(lambda: not any(p2.public_key in n.wg_peers() for n in (n1, n2)), 5,
-               "the peer's entry to leave every node", interval=0.01)
-    entries_gone = time.time() - started  # polled: an upper bound
-    for flow in flows:
-        flow.wait()
-    cut = max(f.unanswered_by() for f in flows) - started
-    print(f"deauthorize: unreachable after {cut * 1000:.0f} ms (hctl started at 0), "
-          f"entries gone from every node after {entries_gone * 1000:.0f} ms")
-    assert cut < 1.0, f"the peer still reached a node {cut:.3f} s after the deauthorization began"
-    assert entries_gone < 1.0, f"the peer's WireGuard entries stayed on nodes for {entries_gone:.3f} s"
+    wait_until(lambda: not any(p2.public_key in n.wg_peers() for n in (n1, n2)), 15,
+               "the peer's entry to leave every node")
     assert not any(p2.pings(n.tunnel_address) for n in (n1, n2))
     wait_until(lambda: "refused by the network" in p2.log(), 5, "the peer to be told (its stream closed)")
     assert not p2.wg_peers(), "the deauthorized peer kept tunnels"
@@ -279,11 +262,11 @@ def test_the_peer_fails_over_when_its_node_dies(net):
     p1 = net["peers"][P1]
     assert p1.connections()[-1] == node_addr(n2)
     before = revision(n1)
-    flow = PingFlow(p1.host, n1.tunnel_address, 6, net["logs"] / "p1-n1-failover.log")
+    flow = PingFlow(p1.host, n1.tunnel_address, LIVE_FLOW_SECONDS, net["logs"] / "p1-n1-failover.log").wait_answered()
     n2.host.kill_all()
     wait_until(lambda: p1.connections()[-1] == node_addr(n1), 10,
                f"the peer's control stream to move to node1\n{p1.logs()}")
-    no_loss([flow], "the peer's node died")
+    assert_no_loss([flow], "the peer's node died")
     assert revision(n1) == before, "a known peer's reconnect wrote to the state (and woke every node)"
     assert not p1.pings(n2.tunnel_address)
     # node2 comes back: its tunnels to node1 and the peer are rebuilt from its Redis (and the master).
@@ -296,9 +279,9 @@ def test_the_peer_fails_over_when_the_master_dies(net):
     n1, n2 = net["nodes"]
     p1 = net["peers"][P1]
     assert p1.connections()[-1] == node_addr(n1)
-    flow = PingFlow(p1.host, n2.tunnel_address, 6, net["logs"] / "p1-n2-failover.log")
+    flow = PingFlow(p1.host, n2.tunnel_address, LIVE_FLOW_SECONDS, net["logs"] / "p1-n2-failover.log").wait_answered()
     n1.host.kill_all()
     wait_until(lambda: p1.connections()[-1] == node_addr(n2), 10,
                f"the peer's control stream to move to node2\n{p1.logs()}\n{n2.logs()}")
-    no_loss([flow], "the master died")
+    assert_no_loss([flow], "the master died")
     assert p1.pings(n2.tunnel_address)

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from heimdall.lab.tunnels import PingFlow, TunnelHost, live_peer_change
+from heimdall.lab.tunnels import LIVE_FLOW_SECONDS, PingFlow, TunnelHost, assert_no_loss, live_peer_change
 
 pytestmark = pytest.mark.integration
 
@@ -52,15 +52,13 @@ def test_killing_the_owning_process_keeps_the_tunnel_and_a_new_backend_adopts_it
     a.set_peers([b])
     b.set_peers([a])
     a.ping(b)
-    flow = PingFlow(a.host, b.tunnel_ip, 2.0, tmp_path / "ping.log")
+    flow = PingFlow(a.host, b.tunnel_ip, LIVE_FLOW_SECONDS, tmp_path / "ping.log").wait_answered()
 
     owner.kill()
     assert owner.wait() == -9
     adopted = a.up()
 
-    assert flow.running()
-    sent, received = flow.wait()
-    assert received == sent, "packets lost across the kill and the re-adoption"
+    assert_no_loss([flow], "wireguard-go's owner was killed and the interface re-adopted")
     assert adopted["ifindex"] == created["ifindex"]
     assert set(a.show()["peers"]) == {b.public_key}
 

@@ -29,12 +29,14 @@ def main() -> int:
             return [self.work()]
 
         async def work(self):
+            """Progresses, until --stall-after seconds: then it is stuck for good (says STATUS=stalled once),
+            while the event loop, and with it the watchdog pinger, runs on."""
             began = time.monotonic()
-            while True:
-                if opts["--stall-after"] is not None and time.monotonic() - began > opts["--stall-after"]:
-                    time.sleep(1.5)  # a stuck, blocking loop: no progress
+            while opts["--stall-after"] is None or time.monotonic() - began <= opts["--stall-after"]:
                 self.progress()
                 await asyncio.sleep(0.02)
+            self.status("stalled")
+            await asyncio.Event().wait()
 
         async def reload(self, config):
             open(marker, "w").write("reloaded")

@@ -38,6 +38,7 @@ def test_an_option_missing_its_value_is_left_for_the_settings_parser_to_report()
     (["peers", "authorize", "laptop-1"], hctl.peers_authorize, {"peer_id": "laptop-1", "public_key": ""}),
     (["peers", "deauthorize", "laptop-1", "--json"], hctl.peers_deauthorize, {"peer_id": "laptop-1", "json": True}),
     (["nodes", "list"], hctl.nodes_list, {"json": False}),
+    (["nodes", "remove", "gw3"], hctl.nodes_remove, {"node": "gw3"}),
     (["status"], hctl.status, {}),
 ])
 def test_commands_parse_to_their_call_and_arguments(argv, run, fields):

@@ -69,6 +69,16 @@ def test_peer_request_without_endpoint_keeps_a_roamed_one_and_clears_keepalive()
     assert request["allowed_ips"] == []
 
 
+def test_an_update_that_keeps_every_allowed_ip_adds_just_the_new_ones_without_a_replace():
+    before = WgPeer(K1, ("10.2.0.0/16",), "192.0.2.2:10100")
+    grown = WgPeer(K1, ("10.2.0.0/16", "10.200.0.0/24"), "192.0.2.2:10100")
+    request = peer_request(grown, before)
+    assert "replace_allowed_ips" not in request and request["allowed_ips"] == ["10.200.0.0/24"]
+    assert "allowed_ips" not in peer_request(WgPeer(K1, before.allowed_ips, None, 25), before)  # keepalive only
+    shrunk = peer_request(before, grown)  # must drop one: a replace
+    assert shrunk["replace_allowed_ips"] is True and shrunk["allowed_ips"] == ["10.2.0.0/16"]
+
+
 def test_device_reply_becomes_peers_with_counters():
     device = parse_device("wg0", [reply(
         [["WGDEVICE_A_PUBLIC_KEY", keys.public_key(PRIVATE)], ["WGDEVICE_A_LISTEN_PORT", 10100]],

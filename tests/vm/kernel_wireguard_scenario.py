@@ -6,8 +6,8 @@ act as hosts a, b and c, each joined by a veth pair to the guest's root
 namespace, which routes between them. Each host gets a WireGuard interface,
 its tunnel address and routes through the backend. a and b are peers; then,
 while a 20-per-second ping flow runs from a to b, a's peer b is updated and
-c is added to a (and pinged) and removed again: no ping may be lost and a's
-interface must keep its ifindex. Prints "figure name=value unit" lines;
+c is added to a (and pinged) and removed again, each change diffed and applied
+as heimdall-wg does: no ping may be lost and a's interface must keep its ifindex. Prints "figure name=value unit" lines;
 any failure raises, so the exit code says whether everything held.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pyroute2 import IPRoute, netns
 
 from heimdall.wg import keys
 from heimdall.wg.kernel import KernelBackend
-from heimdall.wg.model import PeerPlan, WgPeer, WireGuardError
+from heimdall.wg.model import PeerPlan, WgPeer, WireGuardError, plan_peers
 
 PORT = 10100
 FLOW_INTERVAL = 0.05  # seconds between pings of the flow
@@ -83,6 +83,10 @@ class Host:
             self.wg.set_addresses({f"{self.tunnel_ip}/32"})
             self.wg.set_routes({n for p in peers for n in p.peer.allowed_ips})
         return index
+
+    def converge(self, *peers: WgPeer) -> None:
+        """Make the interface's peers exactly ``peers`` as heimdall-wg does: diff, then apply."""
+        self.wg.apply_peers(plan_peers({p.public_key: p for p in peers}, self.wg.device().peer_configs()))
 
     def ping(self, target: str, *args: str) -> subprocess.Popen:
         return subprocess.Popen(
@@ -171,13 +175,13 @@ def scenario(a: Host, b: Host, c: Host) -> None:
     changes_started = time.perf_counter()
     b_with_route = WgPeer(b.peer.public_key, (*b.peer.allowed_ips, "10.200.0.0/24"), b.peer.endpoint)
     with inside(a.name):
-        figure("kernel_peer_update", timed(lambda: a.wg.apply_peers(PeerPlan(update=(b_with_route,)))), "ms")
-        figure("kernel_peer_add", timed(lambda: a.wg.apply_peers(PeerPlan(add=(c.peer,)))), "ms")
+        figure("kernel_peer_update", timed(lambda: a.converge(b_with_route)), "ms")
+        figure("kernel_peer_add", timed(lambda: a.converge(b_with_route, c.peer)), "ms")
         a.wg.set_routes({*b.peer.allowed_ips, *c.peer.allowed_ips})
     assert ping_summary(a.ping(c.tunnel_ip, "-c", "1", "-W", "5"), timeout=30)[1] == 1, "no reply from the added peer c"
     with inside(a.name):
         assert a.wg.device().peer_configs() == {b.peer.public_key: b_with_route, c.peer.public_key: c.peer}
-        figure("kernel_peer_remove", timed(lambda: a.wg.apply_peers(PeerPlan(remove=(c.peer.public_key,)))), "ms")
+        figure("kernel_peer_remove", timed(lambda: a.converge(b_with_route)), "ms")
         a.wg.set_routes(set(b.peer.allowed_ips))
         assert a.wg.device().peer_configs() == {b.peer.public_key: b_with_route}
         assert a.wg.ifindex() == index, "the interface was recreated"

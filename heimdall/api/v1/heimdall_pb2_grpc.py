@@ -45,6 +45,11 @@ class HeimdallStub:
                 request_serializer=heimdall_dot_api_dot_v1_dot_heimdall__pb2.NodesRequest.SerializeToString,
                 response_deserializer=heimdall_dot_api_dot_v1_dot_heimdall__pb2.NodesResponse.FromString,
                 _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/heimdall.v1.Heimdall/RemoveNode',
+                request_serializer=heimdall_dot_api_dot_v1_dot_heimdall__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=heimdall_dot_api_dot_v1_dot_heimdall__pb2.RemoveNodeResponse.FromString,
+                _registered_method=True)
         self.Connect = channel.unary_unary(
                 '/heimdall.v1.Heimdall/Connect',
                 request_serializer=heimdall_dot_api_dot_v1_dot_heimdall__pb2.ConnectRequest.SerializeToString,
@@ -110,6 +115,14 @@ class HeimdallServicer:
 
     def Nodes(self, request, context):
         """Every node of the cluster.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
+        """Take a node out for good (by id or name): its WireGuard entries, names, subnet and routes go
+        everywhere. Refused (FAILED_PRECONDITION) for the master's node: fail over first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -199,6 +212,11 @@ def add_HeimdallServicer_to_server(servicer, server):
                     servicer.Nodes,
                     request_deserializer=heimdall_dot_api_dot_v1_dot_heimdall__pb2.NodesRequest.FromString,
                     response_serializer=heimdall_dot_api_dot_v1_dot_heimdall__pb2.NodesResponse.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=heimdall_dot_api_dot_v1_dot_heimdall__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=heimdall_dot_api_dot_v1_dot_heimdall__pb2.RemoveNodeResponse.SerializeToString,
             ),
             'Connect': grpc.unary_unary_rpc_method_handler(
                     servicer.Connect,
@@ -306,6 +324,33 @@ class Heimdall:
             '/heimdall.v1.Heimdall/Nodes',
             heimdall_dot_api_dot_v1_dot_heimdall__pb2.NodesRequest.SerializeToString,
             heimdall_dot_api_dot_v1_dot_heimdall__pb2.NodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heimdall.v1.Heimdall/RemoveNode',
+            heimdall_dot_api_dot_v1_dot_heimdall__pb2.RemoveNodeRequest.SerializeToString,
+            heimdall_dot_api_dot_v1_dot_heimdall__pb2.RemoveNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,
