@@ -5,8 +5,8 @@ daemons: gw1 bootstraps a cluster, gw2 and gw3 join it through gw1's API, and a
 laptop joins as an access-only peer once an operator authorizes it with hctl.
 While pings flow every 50 ms, a route is published and withdrawn live; then the
 master gw1 is killed (every process of the host, SIGKILL), the others elect a new
-master and a route published afterwards reaches everyone; then the laptop is
-deauthorized. Prints what happens and how long it took, checks that no
+master and a route published afterwards reaches everyone; the laptop pings gw3
+by name, the dead gw1 is removed for good, then the laptop is deauthorized. Prints what happens and how long it took, checks that no
 packet was lost, and removes everything it created. Exit 0 on success.
 """
 from __future__ import annotations
@@ -109,6 +109,14 @@ def run(lab: Lab, backend: str, logs: Path) -> int:
 
     lost += failover(nodes, laptop, logs)
     survivor = nodes[1]
+    wait_until(lambda: laptop.pings("gw3"), 15, "the laptop to resolve and reach gw3 by name")
+    step("names", "laptop: ping gw3 -> answered (heimdall-dns on every node, the laptop's resolver points there)")
+    began = time.monotonic()
+    hctl(survivor, "nodes", "remove", "gw1")
+    wait_until(lambda: all(nodes[0].public_key not in host.wg_peers() for host in (*nodes[1:], laptop)), 15,
+               "gw1 to leave every WireGuard interface")
+    step("remove", f"gw1 is gone for good: hctl nodes remove gw1 -> off every host, its subnet released, in "
+                   f"{(time.monotonic() - began) * 1000:.0f} ms")
     step("status", *hctl(survivor, "status").splitlines())
     began = time.monotonic()
     hctl(survivor, "peers", "deauthorize", "laptop")

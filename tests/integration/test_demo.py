@@ -20,6 +20,7 @@ def test_demo_runs_the_live_network_without_loss_and_leaves_nothing_behind(tmp_p
     assert "2 flows: 0 packets lost" in result.stdout
     assert "reaches gw1-gw3" in result.stdout and "cut off from every node" in result.stdout
     assert "elected master in" in result.stdout and "afterwards: hctl routes create" in result.stdout
+    assert "ping gw3 -> answered" in result.stdout and "hctl nodes remove gw1 -> off every host" in result.stdout
     assert result.stdout.rstrip().endswith("OK")
     prefix = re.search(r"\(namespaces (hd\w+)-\*\)", result.stdout)[1]
     assert not [ns for ns in namespaces() if ns.startswith(prefix + "-")]
