@@ -53,7 +53,10 @@ SERVER_OPTIONS = (
     ("grpc.keepalive_time_ms", 30_000),  # ping idle Watch streams: a vanished peer's stream goes
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),  # clients ping every 20 s (client.py)
+    # gRPC's GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS; its value has no "recv": the name
+    # with "recv" is silently ignored, and the default (5 min) then ends a peer's quiet Watch stream
+    # with GOAWAY too_many_pings after some 100 s of client pings every 20 s (client.py).
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 )
 
 
