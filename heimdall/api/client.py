@@ -28,9 +28,27 @@ from heimdall.api.v1 import heimdall_pb2, heimdall_pb2_grpc
 
 CALL_TIMEOUT = 10.0  # seconds
 CONNECT_TIMEOUT = 5.0
-# Keepalive pings on idle channels (a Watch stream is idle between changes) notice a dead
-# node within ~30 s; the server permits pings this frequent (server.SERVER_OPTIONS).
-CHANNEL_OPTIONS = (("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000))
+# A peer's Watch stream is quiet between changes, and a node that vanishes without a FIN or an
+# RST (power loss, partition) leaves it open for good: only HTTP/2 keepalive pings tell. A ping
+# after KEEPALIVE_TIME_MS of quiet; no ack within KEEPALIVE_TIMEOUT_MS and the connection is
+# dropped, so a dead node is noticed within about 4 s (for a ping and its ack every 2 s). Nodes
+# accept this rate (server.MIN_PING_INTERVAL_MS): gRPC's default policy would end the connection
+# with GOAWAY too_many_pings.
+KEEPALIVE_TIME_MS = 2_000
+KEEPALIVE_TIMEOUT_MS = 2_000
+CHANNEL_OPTIONS = (
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    # gRPC core makes this the socket's TCP_USER_TIMEOUT: unacknowledged bytes (a ping to a partitioned
+    # node) end the connection after it...
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # ...but waits for a ping's ack this long (default 1 min; grpcio 1.85 uses it for keepalive pings
+    # too): a node whose kernel still answers TCP but whose API does not (a hung or stopped process).
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),  # between the calls too, e.g. while the peer dials
+    # gRPC core lets a client send 2 pings, then none (newer: one a minute) until it sends a data or
+    # header frame: on a quiet stream that is every ping after the second. 0 lifts that limit.
+    ("grpc.http2.max_pings_without_data", 0),
+)
 # Codes after which the same call may succeed later, or on another node.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
                        grpc.StatusCode.ABORTED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL})

@@ -34,7 +34,7 @@ from google.protobuf.message import DecodeError, Message
 from redis.exceptions import RedisError
 
 from heimdall import __version__, topology
-from heimdall.api import auth
+from heimdall.api import auth, client
 from heimdall.api.auth import AuthError, InvalidArgument
 from heimdall.state.feed import SnapshotFeed
 from heimdall.api.v1 import heimdall_pb2 as pb
@@ -47,13 +47,20 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Heimdall"]
 ANONYMOUS = frozenset({"Join", "Connect", "Watch"})  # each checks its caller itself; every other call is an operator's
 MAX_MESSAGE_SIZE = 64 * 1024  # requests are a few hundred bytes; larger ones are refused by gRPC (RESOURCE_EXHAUSTED)
 CATCH_UP_TIMEOUT = 2.0  # seconds a write's answer waits for the local replica before reading the master instead
+# Clients ping a quiet connection every client.KEEPALIVE_TIME_MS to notice a vanished node. gRPC core
+# counts a ping closer than this to the previous one (no data sent in between) as a strike and, after
+# 2 strikes, ends the connection with GOAWAY too_many_pings (default: 5 min). Half the clients' period
+# leaves room for timer and network jitter. The option's name is gRPC's
+# GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, whose value has no "recv": the name with
+# "recv" is silently ignored (tests/integration/test_keepalive.py proves this one is applied).
+MIN_PING_INTERVAL_MS = client.KEEPALIVE_TIME_MS // 2
 SERVER_OPTIONS = (
     ("grpc.so_reuseport", 0),  # a second heimdall-api must fail to bind, not share the port
     ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
     ("grpc.keepalive_time_ms", 30_000),  # ping idle Watch streams: a vanished peer's stream goes
     ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),  # clients ping every 20 s (client.py)
+    ("grpc.keepalive_permit_without_calls", 1),  # else pings without a call count against a 2 h minimum
+    ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
 )
 
 
