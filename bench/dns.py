@@ -275,7 +275,7 @@ def run() -> None:
                 node.stop()
     figure("dns_qps", dns_qps, "qps")
     figure("dnsmasq_qps", dnsmasq_qps, "qps")
-    figure("dns_qps_ratio", dns_qps / dnsmasq_qps, "")
+    figure("dns_qps_ratio", dns_qps / dnsmasq_qps, "ratio")
     figure("dns_p99_ms_at_5k_qps", p99, "ms")
     figure("dns_lost_queries", lost, "queries")
     figure("dnsmasq_p99_ms_at_5k_qps", dnsmasq_p99, "ms")
