@@ -2,9 +2,9 @@
 stdout (progress on stderr)."""
 import sys
 
-from bench import cluster, failover, peers
+from bench import cluster, dns, failover, peers
 
-BENCHMARKS = {"cluster": cluster, "peers": peers, "failover": failover}
+BENCHMARKS = {"cluster": cluster, "peers": peers, "failover": failover, "dns": dns}
 
 
 def main(argv: list[str]) -> int:

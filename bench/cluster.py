@@ -63,11 +63,11 @@ def progress(text: str) -> None:
     print(f"[bench] {text}", file=sys.stderr, flush=True)
 
 
-def write_routes(master: LabNode, via: LabNode) -> dict[int, float]:
-    """CHANGES routes via ``via`` created and deleted on ``master``'s Redis, SPACING s apart; rev -> unix time
-    each write began."""
-    out = master.host.run([sys.executable, "-c", WRITER, master.cluster_key, via.node_id, str(CHANGES),
-                           str(SPACING)], timeout=CHANGES * 2 * SPACING + 60).stdout
+def write_routes(master: LabNode, via: LabNode, changes: int = CHANGES, spacing: float = SPACING) -> dict[int, float]:
+    """``changes`` routes via ``via`` created and deleted on ``master``'s Redis, ``spacing`` s apart; rev -> unix
+    time each write began."""
+    out = master.host.run([sys.executable, "-c", WRITER, master.cluster_key, via.node_id, str(changes),
+                           str(spacing)], timeout=changes * 2 * spacing + 60).stdout
     return {int(k): v for k, v in json.loads(out).items()}
 
 

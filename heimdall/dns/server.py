@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 import struct
 import time
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ MAX_PENDING = 2048  # forwarded UDP queries awaiting their answer
 MAX_TCP_CLIENTS = 128  # open TCP connections; more are closed at once
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent
 SWEEP = 0.1  # seconds between checks for forwarded queries that timed out
+UDP_BURST = 64  # datagrams read per wake-up: one event-loop turn serves a burst, not one query
+MAX_UDP_QUERY = 4096  # bytes read of one datagram (a query is a few dozen; more is truncated, then FORMERR)
 _LENGTH = struct.Struct("!H")
 
 
@@ -127,17 +130,6 @@ class Forwarder:
                 upstream.transport.close()
 
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, server: DnsServer) -> None:
-        self.server = server
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.server.udp_query(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("UDP: %s", exc)  # e.g. a client that went away: ICMP unreachable
-
-
 class DnsServer:
     """Answers from ``zone`` (replace it at will: each query reads the current one), forwards the rest."""
 
@@ -145,20 +137,38 @@ class DnsServer:
         self.zone = zone
         self.upstreams = upstreams
         self.forwarder = Forwarder(upstreams, self._send)
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: socket.socket | None = None
         self._tcp: asyncio.Server | None = None
         self._tcp_clients: set[asyncio.Task] = set()
 
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host``:``port``, UDP and TCP (OSError when the address is not there yet)."""
         loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(host, port))
+        # A plain non-blocking socket read by _drain, not a DatagramTransport: asyncio's transport reads one
+        # datagram per event-loop turn, which is most of the cost of an answer from memory.
+        udp = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         try:
+            udp.setblocking(False)
+            udp.bind((host, port))
             self._tcp = await asyncio.start_server(self._tcp_client, host, port, reuse_address=True)
         except OSError:
-            self._udp.close()
+            udp.close()
             raise
+        self._udp = udp
+        loop.add_reader(udp.fileno(), self._drain)
         await self.forwarder.connect()
+
+    def _drain(self) -> None:
+        """Answer every datagram waiting (up to a burst), then let the loop run other work."""
+        for _ in range(UDP_BURST):
+            try:
+                data, client = self._udp.recvfrom(MAX_UDP_QUERY)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. an ICMP unreachable from a client that went away
+                log.debug("UDP: %s", exc)
+                continue
+            self.udp_query(data, client)
 
     async def maintain(self, progress=lambda: None) -> None:
         """Time out forwarded queries, reconnect lost upstreams; runs until cancelled."""
@@ -172,8 +182,15 @@ class DnsServer:
                 progress()
 
     def _send(self, packet: bytes, client: tuple) -> None:
-        if self._udp is not None:
+        """Send one answer; dropped if the socket buffer is full (the client asks again, as over UDP it must)."""
+        if self._udp is None:
+            return
+        try:
             self._udp.sendto(packet, client)
+        except (BlockingIOError, InterruptedError):
+            log.debug("UDP send buffer full: an answer to %s dropped", client)
+        except OSError as exc:
+            log.debug("UDP answer to %s: %s", client, exc)
 
     def udp_query(self, data: bytes, client: tuple) -> None:
         try:
@@ -189,7 +206,7 @@ class DnsServer:
                 return
             reply = z.respond(query, prepared, z.udp_limit(query))
         if reply is not None:
-            self._udp.sendto(reply, client)
+            self._send(reply, client)
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._tcp_clients) >= MAX_TCP_CLIENTS:
@@ -235,7 +252,9 @@ class DnsServer:
 
     async def close(self) -> None:
         if self._udp is not None:
+            asyncio.get_running_loop().remove_reader(self._udp.fileno())
             self._udp.close()
+            self._udp = None
         if self._tcp is not None:
             self._tcp.close()
         for task in list(self._tcp_clients):
