@@ -280,6 +280,29 @@ class LabPeer(_OnHost):
         return all(self.pings(n.tunnel_address, wait=0.5) for n in nodes)
 
 
+def start_nodes(lab, key: str, logs: Path, names: tuple[str, ...], settings: dict[str, str] | None = None
+                ) -> list[LabNode]:
+    """Gateway nodes on new hosts of ``lab``: ``names[0]`` bootstraps, the others join it; returns once
+    every node's API serves. (A failure midway leaves the rest to ``lab``'s cleanup.)"""
+    first = LabNode(lab.add_host(names[0]), key, logs, settings=settings).start().wait_member()
+    nodes = [first] + [LabNode(lab.add_host(name), key, logs, join=first, settings=settings).start().wait_member()
+                       for name in names[1:]]
+    for node in nodes:
+        node.wait_serving()
+    return nodes
+
+
+def start_peer(lab, name: str, peer_id: str, nodes: list[LabNode], logs: Path) -> LabPeer:
+    """An access-only peer on a new host, authorized (through ``nodes[0]``) and connecting to ``nodes`` in
+    that order; returns once it reaches every one."""
+    authorized = nodes[0].hctl("peers", "authorize", peer_id)
+    if authorized.returncode != 0:
+        raise NodeError(f"cannot authorize {peer_id}: {authorized.stderr}")
+    peer = LabPeer(lab.add_host(name), peer_id, nodes, logs).start()
+    wait_until(lambda: peer.reaches(nodes), 30, f"{name} to reach every node\n{peer.logs()}")
+    return peer
+
+
 def elections_ready(nodes: list[LabNode], voters: int | None = None) -> bool:
     """Every node's sentinel knows every other voter and every replica, and they agree on the master
     (a sentinel learns of a new replica from the master's INFO, every 10 s)."""

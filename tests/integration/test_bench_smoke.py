@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {"HEIMDALL_BENCH_CHANGES": "3", "HEIMDALL_BENCH_IDLE_SECONDS": "2", "HEIMDALL_BENCH_PEERS": "2",
-         "HEIMDALL_BENCH_FAILOVER_ROUNDS": "1"}
+         "HEIMDALL_BENCH_FAILOVER_ROUNDS": "1", "HEIMDALL_BENCH_DNS_SECONDS": "1"}
 FIGURE = re.compile(r"(?P<name>[a-z0-9_-]+)=(?P<value>-?\d+(?:\.\d+)?(?:e[+-]?\d+)?) (?P<unit>\S.*)")
 # Per-program figures for every process a node runs, the elector's sentinel and wireguard-go included.
 PROGRAMS = ("store", "wg", "api", "elector", "dns", "redis-server", "redis-sentinel", "wireguard-go")
@@ -27,6 +27,7 @@ EXPECTED = {
     "peers": {"peer_connect_s", "peer_connect_all_s", "peer_push_ms_p50", "peer_push_ms_p99", "revoke_ms",
               "revoke_entries_ms"},
     "failover": {"failover_s", "failover_s_max", "failover_lost_writes", "failover_peer_loss_packets"},
+    "dns": {"dns_qps", "dnsmasq_qps", "dns_qps_ratio", "dns_p99_ms_at_5k_qps", "route_converge_ms_p99"},
 }
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from heimdall.lab import Lab
 from heimdall.lab.cluster import (AckedWriter, LabNode, LabPeer, elections_ready, new_cluster_key,
-                                  settled_on_one_master, the_master, wait_until)
+                                  settled_on_one_master, start_nodes, start_peer, the_master, wait_until)
 from heimdall.lab.tunnels import LIVE_FLOW_SECONDS, PingFlow, assert_no_loss
 from heimdall.state import keys
 
@@ -29,18 +29,10 @@ def net(tmp_path_factory):
     logs = tmp_path_factory.mktemp("failover-logs")
     key = new_cluster_key()
     with Lab() as lab:
-        nodes, peers = [], {}
+        nodes = start_nodes(lab, key, logs, ("node1", "node2", "node3"))
+        # The peer's control stream is on node2, so the master's death is not also its node's.
+        peers = {P1: start_peer(lab, "peer1", P1, [nodes[1], nodes[2], nodes[0]], logs)}
         try:
-            n1 = LabNode(lab.add_host("node1"), key, logs).start().wait_member()
-            nodes.append(n1)
-            for name in ("node2", "node3"):
-                nodes.append(LabNode(lab.add_host(name), key, logs, join=n1).start().wait_member())
-            for node in nodes:
-                node.wait_serving()
-            # The peer's control stream is on node2, so the master's death is not also its node's.
-            assert n1.hctl("peers", "authorize", P1).returncode == 0
-            p1 = peers[P1] = LabPeer(lab.add_host("peer1"), P1, [nodes[1], nodes[2], n1], logs).start()
-            wait_until(lambda: p1.reaches(nodes), 30, "the peer to reach every node")
             yield {"lab": lab, "logs": logs, "key": key, "nodes": nodes, "peers": peers}
         finally:
             for peer in peers.values():

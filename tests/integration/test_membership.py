@@ -10,7 +10,7 @@ import time
 import pytest
 
 from heimdall.lab import Lab
-from heimdall.lab.cluster import LabNode, LabPeer, new_cluster_key, wait_until
+from heimdall.lab.cluster import new_cluster_key, start_nodes, start_peer, wait_until
 from heimdall.lab.tunnels import LIVE_FLOW_SECONDS, PingFlow, assert_no_loss
 from heimdall.state import keys
 
@@ -27,23 +27,13 @@ def net(tmp_path_factory):
     logs = tmp_path_factory.mktemp("membership-logs")
     key = new_cluster_key()
     with Lab() as lab:
-        nodes, peers = [], []
+        nodes = start_nodes(lab, key, logs, ("node1", "node2", "node3"))
+        service = lab.add_host_behind("svc", nodes[1].host, SERVICE_NET)
+        peer = start_peer(lab, "peer", PEER, nodes, logs)
         try:
-            n1 = LabNode(lab.add_host("node1"), key, logs).start().wait_member()
-            nodes.append(n1)
-            for name in ("node2", "node3"):
-                nodes.append(LabNode(lab.add_host(name), key, logs, join=n1).start().wait_member())
-            for node in nodes:
-                node.wait_serving()
-            service = lab.add_host_behind("svc", nodes[1].host, SERVICE_NET)
-            assert n1.hctl("peers", "authorize", PEER).returncode == 0
-            peer = LabPeer(lab.add_host("peer"), PEER, [n1, nodes[1]], logs).start()
-            peers.append(peer)
-            wait_until(lambda: peer.reaches(nodes), 30, "the peer to reach every node")
             yield {"lab": lab, "logs": logs, "nodes": nodes, "peer": peer, "service": service}
         finally:
-            for peer in peers:
-                peer.stop()
+            peer.stop()
             for node in nodes:
                 node.stop()
 

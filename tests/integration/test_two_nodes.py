@@ -12,7 +12,8 @@ import time
 import pytest
 
 from heimdall.lab import Lab
-from heimdall.lab.cluster import BIN, LabNode, LabPeer, elections_ready, new_cluster_key, wait_until
+from heimdall.lab.cluster import (BIN, LabNode, elections_ready, new_cluster_key, start_nodes, start_peer,
+                                  wait_until)
 from heimdall.lab.tunnels import LIVE_FLOW_SECONDS, PingFlow, assert_no_loss
 from heimdall.state import keys
 
@@ -27,21 +28,12 @@ def net(tmp_path_factory):
     logs = tmp_path_factory.mktemp("two-node-logs")
     key = new_cluster_key()
     with Lab() as lab:
-        nodes, peers = [], []
+        nodes = start_nodes(lab, key, logs, ("node1", "node2"))
+        peer = start_peer(lab, "peer", PEER, [nodes[1], nodes[0]], logs)
         try:
-            n1 = LabNode(lab.add_host("node1"), key, logs).start().wait_member()
-            nodes.append(n1)
-            nodes.append(LabNode(lab.add_host("node2"), key, logs, join=n1).start().wait_member())
-            for node in nodes:
-                node.wait_serving()
-            assert n1.hctl("peers", "authorize", PEER).returncode == 0
-            peer = LabPeer(lab.add_host("peer"), PEER, [nodes[1], n1], logs).start()
-            peers.append(peer)
-            wait_until(lambda: peer.reaches(nodes), 30, "the peer to reach both nodes")
             yield {"lab": lab, "logs": logs, "key": key, "nodes": nodes, "peer": peer}
         finally:
-            for peer in peers:
-                peer.stop()
+            peer.stop()
             for node in nodes:
                 node.stop()
 
