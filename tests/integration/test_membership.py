@@ -94,9 +94,9 @@ def test_a_removed_node_leaves_every_host_and_its_subnet_and_routes_are_released
         assert subnet not in node.redis("HKEYS", keys.IPAM_NODE_SUBNETS).split()
         assert NODE3_ROUTE not in node.redis("HKEYS", keys.ROUTES).split()
         assert n3.node_id not in node.redis("SMEMBERS", keys.NODES).split()
-    wait_until(lambda: "status: NXDOMAIN" in n1.host.run(["dig", f"@{n1.tunnel_address}", "+time=2", "+tries=1",
-                                                              "node3.heimdall"], check=False).stdout, 20,
-               "node3's name to be gone from DNS")
+    wait_until(lambda: all("status: NXDOMAIN" in n.host.run(["dig", f"@{n.tunnel_address}", "+time=2", "+tries=1",
+                                                                 "node3.heimdall"], check=False).stdout for n in (n1, n2)),
+               20, "node3's name to be gone from every node's DNS")
     # The sentinels forget node3's (it votes no more): two voters, a majority of two.
     wait_until(lambda: all(n.sentinel().get("quorum") == "2" and n.sentinel().get("num-other-sentinels") == "1"
                            for n in (n1, n2)), 30, f"the sentinels to forget node3\n{debug(net)}")
