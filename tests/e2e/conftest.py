@@ -35,20 +35,32 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{what}: {value}")
 
 
-@pytest.fixture(scope="session")
-def image(tmp_path_factory):
-    """The container image for the working tree's sources; built or reused from .cache/e2e."""
+def _image(tmp_path_factory, package: bool) -> containers.Image:
     problems = containers.missing_prerequisites()
     if problems:
         pytest.fail(f"e2e tests cannot run: {'; '.join(problems)} (`make test` installs the tools)", pytrace=False)
     log = tmp_path_factory.mktemp("e2e-image") / "build.log"
     started = time.monotonic()
     try:
-        image = containers.build_image(log)
+        image = containers.build_image(log, package=package)
     except containers.ContainerError as exc:
         pytest.fail(f"cannot build the e2e image: {exc}", pytrace=False)
-    FIGURES["image (built)" if log.exists() else "image (cached)"] = f"{time.monotonic() - started:.1f} s"
+    what = "image" if package else "bare image"
+    FIGURES[f"{what} (built)" if log.exists() else f"{what} (cached)"] = f"{time.monotonic() - started:.1f} s"
     return image
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory):
+    """The container image for the working tree's sources; built or reused from .cache/e2e."""
+    return _image(tmp_path_factory, package=True)
+
+
+@pytest.fixture(scope="session")
+def bare_image(tmp_path_factory):
+    """The image without our package: for the Ansible role to install on (dependencies as wheels
+    in containers.WHEELHOUSE)."""
+    return _image(tmp_path_factory, package=False)
 
 
 @pytest.fixture(scope="session")

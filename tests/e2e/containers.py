@@ -8,7 +8,11 @@ when one of its inputs changes, stale ones deleted):
   dependencies, installed by the rootfs's own python3 in a chroot (about a minute);
 - the package layer: our wheel, built from the working tree, and the units copied
   to ``/etc/systemd/system``. It is an overlayfs upper directory on the base,
-  keyed by a hash of the sources, so a code change costs seconds, not a debootstrap.
+  keyed by a hash of the sources, so a code change costs seconds, not a debootstrap;
+- or, instead of the package layer, the wheelhouse layer (``build_image(log,
+  package=False)``): a bare node for the Ansible role to install on, with our
+  dependencies as wheels in ``WHEELHOUSE`` (the containers have no index to reach,
+  like a site's own wheel mirror).
 
 Each container stacks both read-only under an upper directory of its own and
 boots real systemd as PID 1, in the network namespace of a ``heimdall.lab`` host
@@ -52,8 +56,10 @@ from heimdall.lab.hosts import Host, Lab
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "e2e"
 SUITE = "bookworm"
-# What a booted Debian node has besides APT_RUNTIME; pip is only for installing our package.
-BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3-pip")
+# What a booted Debian node has besides APT_RUNTIME; pip is only for installing our package,
+# python3-apt for Ansible's apt module (which would fetch it itself, but the containers are offline).
+BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3-pip", "python3-apt")
+WHEELHOUSE = "/var/cache/heimdall-wheels"  # in the wheelhouse layer: every dependency, for bookworm's python3
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # the host's trust store, proxies' CAs included
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 CONTAINER_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
@@ -101,8 +107,9 @@ class Image:
         return None
 
 
-def build_image(log: Path) -> Image:
-    """The cached image for the current sources; builds what is missing, logging to ``log``."""
+def build_image(log: Path, package: bool = True) -> Image:
+    """The cached image for the current sources; builds what is missing, logging to ``log``.
+    package=False: the wheelhouse layer instead of the package layer (nothing of ours installed)."""
     CACHE.mkdir(parents=True, exist_ok=True)
     packages = (*BASE_PACKAGES, *apt_runtime())
     requirements = install_requires()
@@ -111,13 +118,16 @@ def build_image(log: Path) -> Image:
     if not base.exists():
         _publish(_build_base(packages, requirements, log), base)
     layer = CACHE / f"layer-{_digest([base_key, _sources_digest()])}"
-    if not layer.exists():
+    wheelhouse = CACHE / f"wheelhouse-{base_key}"
+    if package and not layer.exists():
         _publish(_build_layer(base, log), layer)
+    if not package and not wheelhouse.exists():
+        _publish(_build_wheelhouse(base, requirements, log), wheelhouse)
     for entry in CACHE.iterdir():  # older images, and scratch left by runs that died
         scratch_of = re.fullmatch(r"\w+\.(\d+)\.tmp.*", entry.name)
-        if entry not in (base, layer) and not (scratch_of and _alive(int(scratch_of[1]))):
+        if entry not in (base, layer, wheelhouse) and not (scratch_of and _alive(int(scratch_of[1]))):
             shutil.rmtree(entry)
-    return Image((layer, base))
+    return Image((layer if package else wheelhouse, base))
 
 
 def apt_runtime() -> list[str]:
@@ -198,13 +208,40 @@ def _build_layer(base: Path, log: Path) -> Path:
     return kept
 
 
+def _build_wheelhouse(base: Path, requirements: list[str], log: Path) -> Path:
+    """Our dependencies as wheels for the rootfs's python3, in WHEELHOUSE: an overlay upper
+    directory over ``base``. The rootfs's pip picks them (its markers), from wheels built here
+    plus the index for what only it needs, as in the base."""
+    scratch = _scratch("wheelhouse")
+    for d in ("upper", "work", "merged", "wheels"):
+        (scratch / d).mkdir()
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(scratch / "wheels"), *requirements], log)
+    merged = scratch / "merged"
+    cert = ["--cert", "/tmp/host-ca.pem"] if HOST_CA.exists() else []
+    script = "; ".join([
+        "set -e",
+        shlex.join(["mount", "-t", "overlay", "overlay", "-o", _overlay_options(Image((base,)), scratch), str(merged)]),
+        shlex.join(["cp", "-r", str(scratch / "wheels"), f"{merged}/tmp/wheels"]),
+        *([shlex.join(["cp", str(HOST_CA), f"{merged}/tmp/host-ca.pem"])] if cert else []),
+        shlex.join(_chroot_pip(merged, "wheel", *cert, "--find-links", "/tmp/wheels", "--wheel-dir", WHEELHOUSE,
+                               *requirements)),
+        shlex.join(["rm", "-rf", f"{merged}/tmp/wheels", f"{merged}/tmp/host-ca.pem"]),
+    ])
+    _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], log)
+    kept = scratch.with_name(scratch.name + ".upper")
+    (scratch / "upper").rename(kept)
+    shutil.rmtree(scratch)
+    return kept
+
+
 def _chroot_pip(root: Path, command: str, *args: str) -> list[str]:
     """pip of the rootfs's own python3, system-wide (what `pip install` as root does on a node)."""
     env = {"PATH": CONTAINER_ENV["PATH"], "HOME": "/root", "PYTHONDONTWRITEBYTECODE": "1",
            **{k: os.environ[k] for k in PROXY_VARIABLES if k in os.environ}}
+    installing = ["--break-system-packages", "--root-user-action=ignore", "--no-warn-script-location"]
     return ["env", "-i", *(f"{k}={v}" for k, v in env.items()), "chroot", str(root), "python3", "-m", "pip",
-            "--no-cache-dir", "--disable-pip-version-check", "--quiet", command, "--break-system-packages",
-            "--root-user-action=ignore", "--no-warn-script-location", *args]
+            "--no-cache-dir", "--disable-pip-version-check", "--quiet", command,
+            *(installing if command == "install" else []), *args]
 
 
 def _sources_digest() -> str:
