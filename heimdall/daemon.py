@@ -202,18 +202,14 @@ def load_or_exit(program: str, argv: list[str] | None) -> tuple[settings.Config,
         raise SystemExit(1 if checking else 2) from None
 
 
-def run_program(program: str, factory: Callable[[settings.Config], Daemon] | None,
-                argv: list[str] | None = None) -> int:
-    """The body of every daemon's main(). ``factory=None``: not built yet."""
+def run_program(program: str, factory: Callable[[settings.Config], Daemon], argv: list[str] | None = None) -> int:
+    """The body of every daemon's main()."""
     config, check_only = load_or_exit(program, argv)
     if check_only:
         print(settings.describe(config))
         print(f"{program}: configuration OK", file=sys.stderr)
         return 0
     log.setup(config.debug)
-    if factory is None:
-        print(f"{program}: not implemented yet", file=sys.stderr)
-        return 2
     daemon = factory(config)
     daemon.config_loader = lambda: settings.load(program, argv)[0]
     try:
