@@ -7,12 +7,16 @@ behind skips to the newest snapshot: a peer needs the current config, not each
 step. In every idle second the revision is compared too (one GET): a full sync
 of the replica (after its node joined, or from a new master) replaces its data
 without any event, and an event can be lost. When the local Redis goes away the
-last snapshot stays (reads keep being served from it) and the feed reconnects.
+last snapshot stays (reads keep being served from it) and the feed reconnects. A
+short loss (a restart of heimdall-store) is a warning; one that lasts
+UNREACHABLE_ERROR_AFTER seconds is an error (`journalctl -p err` shows it), and
+the recovery is logged.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 
@@ -26,6 +30,7 @@ log = logging.getLogger(__name__)
 TICK = 1.0  # seconds without an event after which the revision is compared (and progress reported)
 RETRY = 1.0  # seconds between attempts to reach the local Redis
 SUBSCRIBE_TIMEOUT = 5.0
+UNREACHABLE_ERROR_AFTER = 10.0  # seconds without the local Redis (after having had it) before an error is logged
 
 
 class SnapshotFeed:
@@ -40,6 +45,8 @@ class SnapshotFeed:
         self._live = False
         self._changed = asyncio.Event()
         self._closed = False
+        self._lost_at: float | None = None  # when the local Redis went away (monotonic), while it is away
+        self._lost_reported = False  # the error for this loss has been logged
 
     @property
     def live(self) -> bool:
@@ -55,6 +62,12 @@ class SnapshotFeed:
                 if self._live:
                     log.warning("lost the local Redis (%s); serving the snapshot of revision %d until it is back",
                                 exc, self.latest.rev)
+                    self._lost_at, self._lost_reported = time.monotonic(), False
+                elif self._lost_at is not None and not self._lost_reported \
+                        and time.monotonic() - self._lost_at >= UNREACHABLE_ERROR_AFTER:
+                    log.error("the local Redis has been unreachable for %.0f s (%s); still serving revision %d",
+                              time.monotonic() - self._lost_at, exc, self.latest.rev)
+                    self._lost_reported = True
                 else:
                     log.debug("local Redis unavailable: %s", exc)
                 self._live = False
@@ -71,6 +84,10 @@ class SnapshotFeed:
                 raise RedisTimeoutError(f"no confirmation of the subscription to {keys.EVENTS}")
             await self._refresh()
             self._live = True
+            if self._lost_at is not None:
+                log.info("the local Redis is back after %.1f s; following revision %d",
+                         time.monotonic() - self._lost_at, self.latest.rev)
+                self._lost_at = None
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=TICK)
                 self._progress()

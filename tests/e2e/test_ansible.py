@@ -4,7 +4,8 @@ Three bare Debian containers (the image without our package; its dependencies as
 since the containers reach no index) are driven by ansible-playbook through the nsenter
 connection (tests/e2e/ansible_plugins). The tests run in file order on the same hosts:
 the first run forms the network, the second changes nothing, a changed setting restarts
-only its daemon, a killed heimdall-wg comes back, and gw2 is removed with heimdall_state=absent.
+only its daemon, a killed heimdall-wg comes back, a lasting loss of the local Redis is an error
+in the journal and heals, and gw2 is removed with heimdall_state=absent.
 """
 from __future__ import annotations
 
@@ -178,6 +179,37 @@ def test_killed_wg_is_restarted_by_systemd_and_the_peer_keeps_reaching_the_gatew
     assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1, after
     assert pings(laptop, t1)
     assert gw1.journal("--unit=heimdall-wg.service", "--priority=err", "--identifier=heimdall-wg") == ""
+
+
+def test_lost_redis_is_an_error_in_the_journal_and_wg_recovers_when_it_is_back(hosts, figures):
+    """Fault: gw2's heimdall-store (its Redis) stopped. `journalctl -u heimdall-wg -p err` is empty
+    before, has the error once the loss lasts (heimdall/state/feed.py: UNREACHABLE_ERROR_AFTER), and
+    the same heimdall-wg process follows Redis again when the store is back; the tunnel forwards
+    throughout (gw2 is a replica: the master, gw1, is untouched)."""
+    gw2, laptop = hosts["gw2"], hosts[PEER]
+    t2 = tunnel_addresses(gw2)["gw2"]
+    assert gw2.journal("--unit=heimdall-wg.service", "--priority=err") == ""
+    before = gw2.show("heimdall-wg.service", "MainPID", "NRestarts")
+    since = gw2.run("date", "+@%s.%N").stdout.strip()
+
+    def journal(priority: str) -> str:
+        return gw2.journal("--unit=heimdall-wg.service", f"--since={since}", f"--priority={priority}", "--output=cat")
+
+    started = time.monotonic()
+    gw2.systemctl("stop", "heimdall-store.service")
+    try:
+        wait_until(lambda: "the local Redis has been unreachable" in journal("err"), 25,
+                   "heimdall-wg to log the lasting loss of Redis as an error")
+        figures["ansible: Redis stopped on gw2 until heimdall-wg -p err has the error"] = \
+            f"{time.monotonic() - started:.1f} s"
+        assert "lost the local Redis" in journal("warning")
+        assert pings(laptop, t2), "the tunnel stopped forwarding while Redis was down"
+    finally:
+        gw2.systemctl("start", "heimdall-store.service")
+    wait_until(lambda: "the local Redis is back" in journal("info"), 20, "heimdall-wg to follow Redis again")
+    assert gw2.show("heimdall-wg.service", "MainPID", "NRestarts", "ActiveState") == {**before, "ActiveState": "active"}
+    assert journal("err").count("\n") == 1, journal("err")  # one error for one outage
+    assert pings(laptop, t2)
 
 
 def test_absent_gateway_leaves_the_network_and_keeps_nothing(play, hosts):
