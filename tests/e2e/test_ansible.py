@@ -5,7 +5,7 @@ since the containers reach no index) are driven by ansible-playbook through the 
 connection (tests/e2e/ansible_plugins). The tests run in file order on the same hosts:
 the first run forms the network, the second changes nothing, a changed setting restarts
 only its daemon, a killed heimdall-wg comes back, a lasting loss of the local Redis is an error
-in the journal and heals, and gw2 is removed with heimdall_state=absent.
+in the journal and heals, gw2 is removed with heimdall_state=absent, then the peer.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ class Play:
         self.figures = figures
         self.cluster_key = new_cluster_key()
         self.gateway_vars: dict[str, dict] = {name: {} for name in GATEWAYS}
+        self.peer_vars: dict[str, object] = {}
         self.settings: dict[str, object] = {}
         self.runs = 0
 
@@ -55,7 +56,7 @@ class Play:
             "heimdall_gateways": {
                 "hosts": {name: host(name, **self.gateway_vars[name]) for name in GATEWAYS},
                 "vars": {"heimdall_cluster_key": self.cluster_key, "heimdall_settings": self.settings}},
-            "heimdall_peers": {"hosts": {PEER: host(PEER)}},
+            "heimdall_peers": {"hosts": {PEER: host(PEER, **self.peer_vars)}},
             "all": {"vars": {"ansible_python_interpreter": "/usr/bin/python3",
                              "heimdall_pip_extra_args": f"--no-index --find-links {containers.WHEELHOUSE}",
                              "heimdall_wheel_build_dir": str(self.workdir / "wheel")}}}
@@ -226,4 +227,22 @@ def test_absent_gateway_leaves_the_network_and_keeps_nothing(play, hosts):
                  "/etc/sysctl.d/60-heimdall.conf", "/sys/class/net/darknet"):
         assert gw2.run("test", "-e", path, check=False).returncode == 1, path
     assert gw2.systemctl("list-units", "--no-legend", "--all", "heimdall*").stdout.strip() == ""
-    assert play.run("gw2 absent, again")["gw2"]["changed"] == 0
+    # Its second run (changed=0 there too) is the next test's last run, with the peer absent as well.
+
+
+def test_absent_peer_is_deauthorized_and_keeps_nothing(play, hosts):
+    gw1, laptop = hosts["gw1"], hosts[PEER]
+    play.peer_vars["heimdall_state"] = "absent"
+    recap = play.run("laptop absent")
+    assert recap[PEER]["changed"] > 0, recap
+    assert json.loads(gw1.run("hctl", "peers", "authorized", "--json").stdout) == []
+    wait_until(lambda: re.match(r"rev \d+: 0 WireGuard peers", gw1.show("heimdall-wg.service", "StatusText")
+                                ["StatusText"]), 15, "gw1 to drop the peer's tunnel")
+    for path in ("/etc/heimdall", "/var/lib/heimdall", "/opt/heimdall", "/usr/local/bin/heimdall-peer",
+                 "/usr/local/bin/hctl", "/etc/systemd/system/heimdall-peer.service", "/etc/sysctl.d/60-heimdall.conf",
+                 "/sys/class/net/darknet"):
+        assert laptop.run("test", "-e", path, check=False).returncode == 1, path
+    assert laptop.systemctl("list-units", "--no-legend", "--all", "heimdall*").stdout.strip() == ""
+    assert laptop.run("pidof", "wireguard-go", check=False).stdout.strip() == ""
+    again = play.run("gw2 and laptop absent, again")
+    assert {name: r["changed"] for name, r in again.items()} == {name: 0 for name in again}, again
