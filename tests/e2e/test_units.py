@@ -5,7 +5,7 @@ API over the container network; both are shared by the module, and the tests
 run in file order (the crash, kill and reload tests leave n1 running; the stop
 test starts it again), each first waiting for the state it needs. Tests that
 change a node's setup (iptables backend, a watchdog drop-in) boot a node of
-their own.
+their own; the peer p1 joins n1 at the end.
 """
 from __future__ import annotations
 
@@ -341,3 +341,58 @@ def test_stop_is_clean_the_tunnel_stays_and_a_start_brings_the_node_back(n1, n2,
     assert n1.tunnel() == before
     assert "HEIMDALL-FORWARD" in n1.box.run("iptables-save").stdout
     wait_for_mesh(n1, n2)
+
+
+# -- the access-only peer's unit ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def p1(fleet, n1, n2, figures) -> Node:
+    """An access-only peer pointed at n1's API, authorized there, heimdall-peer.service started."""
+    config = f"id = p1\nnode-addr = tcp://{n1.box.address}:9000\n"
+    box = fleet.boot("p1", {"/etc/heimdall": (None, 0o700), "/etc/heimdall/heimdall.conf": (config, 0o644)})
+    n1.box.run("hctl", "peers", "authorize", "p1")
+    node = Node(box, processes(box))
+    started = time.monotonic()
+    box.systemctl("start", "heimdall-peer.service", timeout=120)
+    t1 = n1.tunnel_address
+    wait_until(lambda: node.pings(t1), 30, "the peer to ping n1 over its tunnel")
+    figures["p1: systemctl start heimdall-peer until it pings n1"] = f"{time.monotonic() - started:.1f} s"
+    return node
+
+
+def peer_ready_again(p1: Node, before_pid: str):
+    state = p1.box.show("heimdall-peer.service", "ActiveState", "MainPID", "NRestarts", "StatusText")
+    return state["ActiveState"] == "active" and state["MainPID"] not in ("0", before_pid) and state
+
+
+@pytest.mark.parametrize("how", ["stop", "restart", "kill"])
+def test_stopping_restarting_or_killing_the_peer_keeps_its_tunnel(p1, n1, how, tmp_path, figures):
+    """heimdall-peer stopped (and started again), restarted, or `systemctl kill -s KILL`ed (then
+    Restart=on-failure): pings from the peer to n1's tunnel address every 20 ms all answer, and
+    the interface is the same one (and, userspace, the same wireguard-go)."""
+    t1 = n1.tunnel_address
+    wait_until(lambda: p1.pings(t1), 20, "the peer to ping n1")
+    tunnel_before = p1.tunnel()
+    before = p1.box.show("heimdall-peer.service", "MainPID", "NRestarts")
+    flow = PingFlow(p1.box.host, t1, seconds=5, log=tmp_path / "ping.log", interval=0.02)
+    time.sleep(0.5)
+    acted = time.monotonic()
+    if how == "stop":
+        p1.box.systemctl("stop", "heimdall-peer.service")
+        assert p1.box.show("heimdall-peer.service", "ActiveState", "Result") == {"ActiveState": "inactive",
+                                                                                 "Result": "success"}
+        assert processes(p1.box) - p1.baseline == outliving_processes(tunnel_before.backend), processes(p1.box)
+        time.sleep(1)  # the tunnel forwards with nothing managing it
+        p1.box.systemctl("start", "heimdall-peer.service")
+    elif how == "restart":
+        p1.box.systemctl("restart", "heimdall-peer.service")
+    else:
+        p1.box.systemctl("kill", "-s", "KILL", "heimdall-peer.service")
+    after = wait_until(lambda: peer_ready_again(p1, before["MainPID"]), 15, "heimdall-peer to be running again")
+    figures[f"p1: heimdall-peer {how} until running again"] = f"{time.monotonic() - acted:.1f} s"
+    assert int(after["NRestarts"]) == int(before["NRestarts"]) + (how == "kill"), after
+    covered = flow.running()
+    sent, received = flow.wait()
+    assert covered, "the ping flow ended before heimdall-peer was back"
+    assert received == sent, f"{how}: {sent - received} of {sent} pings lost"
+    assert p1.tunnel() == tunnel_before, f"{how}: the tunnel was recreated"
+    assert p1.box.journal("--unit=heimdall-peer.service", "--priority=err", "--identifier=heimdall-peer") == ""
