@@ -4,8 +4,8 @@ Containers on one switch: n1 bootstraps a cluster and n2 joins it through n1's
 API over the container network; both are shared by the module, and the tests
 run in file order (the crash, kill and reload tests leave n1 running; the stop
 test starts it again), each first waiting for the state it needs. Tests that
-change a node's setup (iptables backend, a watchdog drop-in) boot a node of
-their own; the peer p1 joins n1 at the end.
+change a node's setup (iptables backend, watchdog drop-ins and sample units) boot a
+node of their own; the peer p1 joins n1 at the end.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 
 from heimdall.lab.cluster import new_cluster_key, wait_until
 from heimdall.lab.tunnels import PingFlow
-from tests.e2e.containers import Container
+from tests.e2e.containers import REPO, Container
 
 pytestmark = pytest.mark.e2e
 
@@ -215,20 +215,6 @@ def test_wg_sets_up_its_firewall_with_iptables_legacy_too(fleet):
     assert "HEIMDALL" not in box.run("iptables-nft-save").stdout
 
 
-def test_idle_store_keeps_its_watchdog_fed(fleet):
-    """WatchdogSec= must catch a stuck daemon, not an idle one. Scaled down in time: a drop-in
-    sets WatchdogSec=4 against the default resync-interval of 30 s, as resync-interval = 60
-    would against the unit's WatchdogSec=30."""
-    dropin = ("[Service]\nWatchdogSec=4\n", 0o644)
-    box = fleet.boot("watchdog", {**node_files(), "/etc/systemd/system/heimdall-store.service.d/watchdog.conf": dropin})
-    box.systemctl("start", "heimdall.target")
-    assert box.show("heimdall-store.service", "WatchdogUSec")["WatchdogUSec"] == "4s"
-    time.sleep(9)  # two watchdog periods after the store settled
-    state = box.show("heimdall-store.service", "ActiveState", "NRestarts")
-    assert state == {"ActiveState": "active", "NRestarts": "0"}, (
-        state, box.journal("--unit=heimdall-store.service", "--grep=watchdog|progress", "--output=cat"))
-
-
 def test_second_node_joins_over_the_container_network_and_the_mesh_pings(n1, n2):
     for unit in NODE_UNITS:
         assert n2.box.show(unit, "ActiveState")["ActiveState"] == "active", unit
@@ -396,3 +382,66 @@ def test_stopping_restarting_or_killing_the_peer_keeps_its_tunnel(p1, n1, how, t
     assert received == sent, f"{how}: {sent - received} of {sent} pings lost"
     assert p1.tunnel() == tunnel_before, f"{how}: the tunnel was recreated"
     assert p1.box.journal("--unit=heimdall-peer.service", "--priority=err", "--identifier=heimdall-peer") == ""
+
+
+# -- the watchdog on real systemd --------------------------------------------------------------
+SAMPLE_UNIT = """[Unit]
+Description=tests/e2e: tests/support/sample_daemon.py (heimdall.daemon.Daemon) {what}
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart=/usr/bin/python3 /opt/sample/sample_daemon.py /opt/sample/{name} {args}
+WatchdogSec=2
+Restart=on-failure
+RestartSec=3
+"""
+
+
+def test_watchdog_restarts_a_stuck_work_loop_and_spares_idle_daemons(fleet, figures):
+    """On real systemd with WatchdogSec=2 (a ping due every second): the sample daemon (the
+    suite's Daemon class) whose work loop stalls for good after 1 s while its event loop runs on
+    (it still sends STATUS=, and logs that it withholds the ping) is killed by the watchdog
+    (Result=watchdog) and restarted; the same daemon with a working loop is not. And the node's
+    own daemons, idle (no change for longer than the watchdog), keep theirs fed: drop-ins set
+    WatchdogSec=4 on each, against the defaults' 30 s resync-interval, as resync-interval = 60
+    would against the units' WatchdogSec=30."""
+    sample = (REPO / "tests/support/sample_daemon.py").read_text()
+    files = {**node_files(), "/opt/sample": (None, 0o755), "/opt/sample/sample_daemon.py": (sample, 0o644),
+             "/opt/sample/stuck.conf": ("endpoint-port = 10100\n", 0o644),
+             "/opt/sample/healthy.conf": ("endpoint-port = 10100\n", 0o644),
+             "/etc/systemd/system/sample-stuck.service":
+                 (SAMPLE_UNIT.format(what="stuck", name="stuck", args="--stall-after 1"), 0o644),
+             "/etc/systemd/system/sample-healthy.service":
+                 (SAMPLE_UNIT.format(what="healthy", name="healthy", args=""), 0o644)}
+    for unit in NODE_UNITS:
+        files[f"/etc/systemd/system/{unit}.d/watchdog.conf"] = ("[Service]\nWatchdogSec=4\n", 0o644)
+    box = fleet.boot("watchdog", files)
+    box.systemctl("start", "heimdall.target", "sample-stuck.service", "sample-healthy.service")
+    started = time.monotonic()
+    first = box.show("sample-stuck.service", "MainPID")["MainPID"]
+    assert box.show("heimdall-store.service", "WatchdogUSec")["WatchdogUSec"] == "4s"
+
+    def killed_by_the_watchdog():
+        state = box.show("sample-stuck.service", "Result", "SubState", "NRestarts", "StatusText")
+        return state["Result"] == "watchdog" and state
+
+    # Between the kill and the restart (RestartSec=3) the unit shows why it died.
+    state = wait_until(killed_by_the_watchdog, 15, "the stuck sample daemon to be killed by the watchdog")
+    figures["watchdog: stuck work loop (WatchdogSec=2) until killed"] = f"{time.monotonic() - started:.1f} s"
+    assert state["SubState"] in ("auto-restart", "stop-watchdog", "stop-sigterm", "stop-sigkill", "final-sigterm"), \
+        state
+    restarted = wait_until(lambda: (s := box.show("sample-stuck.service", "NRestarts", "MainPID", "ActiveState"))
+                           ["ActiveState"] == "active" and s["MainPID"] not in ("0", first) and s, 15,
+                           "the stuck sample daemon to be restarted")
+    assert int(restarted["NRestarts"]) >= 1, restarted
+    log = box.journal("--unit=sample-stuck.service", "--output=cat")
+    assert "main loop made no progress" in log, log  # its event loop ran on: only the work loop was stuck
+    assert "Watchdog timeout" in log, log
+    time.sleep(max(0.0, 9 - (time.monotonic() - started)))  # two of the node daemons' watchdog periods
+    assert box.show("sample-healthy.service", "ActiveState", "NRestarts", "Result") == {
+        "ActiveState": "active", "NRestarts": "0", "Result": "success"}
+    for unit in NODE_UNITS:
+        state = box.show(unit, "ActiveState", "NRestarts", "WatchdogUSec")
+        assert state == {"ActiveState": "active", "NRestarts": "0", "WatchdogUSec": "4s"}, (
+            unit, state, box.run("journalctl", "--no-pager", f"--unit={unit}", "--grep=watchdog|progress", "--output=cat",
+                                        check=False).stdout)
