@@ -75,7 +75,7 @@ def tunnel(box: Container, ifname: str = "darknet") -> Tunnel:
     kind = box.run("ip", "-d", "-o", "link", "show", "dev", ifname).stdout
     ifindex = int(box.run("cat", f"/sys/class/net/{ifname}/ifindex").stdout)
     if re.search(r"\bwireguard\b", kind):
-        assert box.run("pidof", "wireguard-go", check=False).stdout.strip() == "", "wireguard-go beside kernel WireGuard"
+        assert box.run("pidof", "wireguard-go", check=False).stdout.strip() == "", "wireguard-go beside it"
         return Tunnel("kernel", ifindex, None)
     assert re.search(r"\btun\b", kind), kind
     (pid,) = box.run("pidof", "wireguard-go").stdout.split()
@@ -443,5 +443,5 @@ def test_watchdog_restarts_a_stuck_work_loop_and_spares_idle_daemons(fleet, figu
     for unit in NODE_UNITS:
         state = box.show(unit, "ActiveState", "NRestarts", "WatchdogUSec")
         assert state == {"ActiveState": "active", "NRestarts": "0", "WatchdogUSec": "4s"}, (
-            unit, state, box.run("journalctl", "--no-pager", f"--unit={unit}", "--grep=watchdog|progress", "--output=cat",
-                                        check=False).stdout)
+            unit, state, box.run("journalctl", "--no-pager", f"--unit={unit}", "--grep=watchdog|progress",
+                                 "--output=cat", check=False).stdout)
