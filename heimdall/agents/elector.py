@@ -30,7 +30,7 @@ from heimdall.identity import Membership
 from heimdall.redis_server import RedisServerError, RedisServerProcess
 from heimdall.sentinel import MASTER_NAME, MasterView, SentinelConfig
 from heimdall.state import NodeRecord, State, StateError
-from heimdall.state.connect import StateLink
+from heimdall.state.connect import StateLink, probe_client
 
 TICK = 1.0  # settled: check Sentinel's view and the record this often
 FAST = 0.1  # while the record lags Sentinel's choice (e.g. the new master waits for a replica)
@@ -255,9 +255,7 @@ class ElectorAgent(Daemon):
 
     def _redis(self, host: str, port: int | None = None) -> aioredis.Redis:
         """A short-lived client to another node's Redis (or sentinel) that gives up quickly."""
-        return aioredis.Redis(host=host, port=port or self.config.redis_port, password=self.password,
-                              decode_responses=True, socket_timeout=PROBE_TIMEOUT,
-                              socket_connect_timeout=PROBE_TIMEOUT)
+        return probe_client(host, port or self.config.redis_port, self.password, PROBE_TIMEOUT)
 
     # -- every sentinel's announcements ---------------------------------------------------------
     def _listen_to(self, addresses: set[str]) -> None:
@@ -272,9 +270,7 @@ class ElectorAgent(Daemon):
         loop = asyncio.get_running_loop()
         while True:
             try:
-                async with aioredis.Redis(host=address, port=self.config.sentinel_port, password=self.password,
-                                          decode_responses=True, socket_timeout=PROBE_TIMEOUT,
-                                          socket_connect_timeout=PROBE_TIMEOUT) as client:
+                async with self._redis(address, self.config.sentinel_port) as client:
                     async with client.pubsub() as pubsub:
                         await pubsub.subscribe(*sentinel.SWITCH_EVENTS)
                         heard = pinged = loop.time()

@@ -29,7 +29,7 @@ from heimdall.redis_server import RedisServerConfig, RedisServerProcess, RedisSe
 from heimdall import sentinel as election
 from heimdall.sentinel import MASTER_NAME
 from heimdall.state import NodeRecord, State
-from heimdall.state.connect import external_redis
+from heimdall.state.connect import external_redis, probe_client
 
 POLL = 0.2  # membership file and bind checks while joining; not on any steady-state path
 TICK = 1.0  # the settled main loop's wake-up: progress for the watchdog, nothing more
@@ -121,9 +121,7 @@ class StoreAgent(Daemon):
         return answer[0] if answer else None
 
     def _sentinel(self, host: str = "127.0.0.1") -> aioredis.Redis:
-        return aioredis.Redis(host=host, port=self.config.sentinel_port, password=self.password,
-                              decode_responses=True, socket_timeout=SENTINEL_TIMEOUT,
-                              socket_connect_timeout=SENTINEL_TIMEOUT)
+        return probe_client(host, self.config.sentinel_port, self.password, SENTINEL_TIMEOUT)
 
     async def _tune(self, client, nodes: dict[str, NodeRecord], witnesses: dict[str, str]) -> None:
         """The oldest node is promoted first, a node removed from the cluster never (priority 0); note who

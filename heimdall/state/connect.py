@@ -41,7 +41,8 @@ class StateLink:
         if url:
             return external_redis(url, **options)
         if host != "127.0.0.1":  # another node's: a write to a master that died fails at once, no retries
-            options.update(socket_connect_timeout=MASTER_CONNECT_TIMEOUT, retry=Retry(NoBackoff(), 0))
+            return probe_client(host, self.config.redis_port, self.password, MASTER_CONNECT_TIMEOUT,
+                                socket_timeout=SOCKET_TIMEOUT, health_check_interval=10)
         return aioredis.Redis(host=host, port=self.config.redis_port, password=self.password, **options)
 
     def follow(self, master: MasterRecord | None, own_id: str) -> State:
@@ -79,3 +80,13 @@ def external_redis(url: str, **options) -> aioredis.Redis:
     sentinel_options = {k: v for k, v in options.items() if k in ("socket_timeout", "socket_connect_timeout")}
     sentinels = Sentinel(list(parsed.sentinels), sentinel_kwargs={**sentinel_options, "password": parsed.password})
     return sentinels.master_for(parsed.service, password=parsed.password, **options)
+
+
+def probe_client(host: str, port: int, password: str, timeout: float, **options) -> aioredis.Redis:
+    """A client that gives up after ``timeout`` and never retries on its own: an answer now, or an error now.
+
+    (redis-py retries a failed connection three times with backoff by default: seconds lost on a
+    sentinel not started yet or a master that died.)"""
+    defaults = dict(decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout,
+                    retry=Retry(NoBackoff(), 0))
+    return aioredis.Redis(host=host, port=port, password=password, **{**defaults, **options})
