@@ -17,6 +17,7 @@ With ``--redis-url`` there is nothing to run: the daemon only watches that Redis
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -36,6 +37,16 @@ TICK = 1.0  # the settled main loop's wake-up: progress for the watchdog, nothin
 RESTART_BACKOFF_MAX = 10.0
 SENTINEL_TIMEOUT = 1.0
 MAX_REPLICA_LAG = 2  # seconds without a replica's acknowledgement before it stops counting for writes
+
+
+def address_present(address: str) -> bool:
+    """True if ``address`` is assigned here (a socket can bind it)."""
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
 
 
 class StoreAgent(Daemon):
@@ -94,6 +105,10 @@ class StoreAgent(Daemon):
         async with self.client as client:
             if not self.bound_tunnel:
                 self.bound_tunnel = await self._bind_tunnel(client, membership)
+                if not self.bound_tunnel:
+                    # Replication runs over the tunnel: it is pointed once the address is up. (A bind change
+                    # during a replication handshake left redis-server 7.0 refusing even 127.0.0.1.)
+                    return
             try:
                 state = State(client)
                 master, nodes = await state.master(), await state.nodes()
@@ -172,6 +187,10 @@ class StoreAgent(Daemon):
         return sum(votes) >= election.majority(len(self.voters))
 
     async def _bind_tunnel(self, client, membership: Membership) -> bool:
+        # Only once the address exists: a CONFIG SET bind that fails is noisy ("restoring previous settings").
+        if not address_present(membership.tunnel_address):
+            self.log.debug("cannot bind %s yet: the address is not up", membership.tunnel_address)
+            return False
         bind = f"127.0.0.1 {membership.tunnel_address}"
         try:
             await client.config_set("bind", bind)
