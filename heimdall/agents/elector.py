@@ -53,6 +53,7 @@ class ElectorAgent(Daemon):
         self.listeners: dict[str, asyncio.Task] = {}  # sentinel address -> its event listener
         self.members: set[str] = set()  # the node ids last seen: a node gone from them was removed
         self.removed = False  # this node was removed from the cluster (said once)
+        self.voters = 0  # a witness: the voters it last counted (nodes and witnesses)
 
     async def start(self) -> None:
         c = self.config
@@ -73,8 +74,8 @@ class ElectorAgent(Daemon):
             self.progress()
             try:
                 state = self.link.state
-                if await state.master() is None and await state.node(self.node_id) is not None:
-                    own = await state.node(self.node_id)
+                own = await state.node(self.node_id) if await state.master() is None else None
+                if own is not None:
                     record = await state.elect_master(self.node_id, own.tunnel_address)
                     self.log.info("master record set: %s, epoch %d", record.node_id, record.epoch)
                 self.status("external Redis: keeping the master record")
@@ -126,7 +127,7 @@ class ElectorAgent(Daemon):
             others = [n.tunnel_address for n in nodes.values() if n.id != self.node_id]
             record = await state.master()
             fallback = record.address if record is not None else membership.master_address
-            master = await self._best_known_master(others, fallback)
+            master = await self._best_known_master(others, fallback, {n.tunnel_address for n in nodes.values()})
             if not await self._start_sentinel(membership.tunnel_address, master, voters):
                 return POLL
         self._listen_to({n.tunnel_address for n in nodes.values()})
@@ -161,10 +162,10 @@ class ElectorAgent(Daemon):
             if master is None:
                 self.status(f"no node's sentinel answers at {', '.join(c.witness_of or []) or '(witness-of unset)'}")
                 return POLL
-            if not await self._start_sentinel(announce, master, len(c.witness_of or []) + 1):
+            self.voters = len(c.witness_of or []) + 1  # until the master's node list says more
+            if not await self._start_sentinel(announce, master, self.voters):
                 return POLL
-        async with self.sentinel.client() as local:
-            view = MasterView.from_reply(await local.execute_command("SENTINEL", "MASTER", MASTER_NAME))
+        view = await self._steer(self.voters)
         if view.down:
             self.status(f"master {view.ip} is down (as this sentinel sees it); voting")
             return TICK
@@ -175,7 +176,7 @@ class ElectorAgent(Daemon):
                 await state.register_witness(self.node_id, announce)
                 self.log.info("registered as a witness of %d nodes, sentinel at %s", len(nodes), announce)
                 witnesses[self.node_id] = announce
-        await self._steer(len(nodes) + len(witnesses))
+        self.voters = len(nodes) + len(witnesses)  # the quorum follows at the next step
         self.status(f"witness: master at {view.ip}, {len(nodes)} nodes, {len(witnesses)} witnesses")
         return TICK
 
@@ -239,11 +240,13 @@ class ElectorAgent(Daemon):
                       announce_ip, config.port, master, config.quorum, voters)
         return True
 
-    async def _best_known_master(self, sentinels: list[str], fallback: str | None) -> str | None:
+    async def _best_known_master(self, sentinels: list[str], fallback: str | None,
+                                 candidates: set[str] | None = None) -> str | None:
         """Where to point a (re)started sentinel: the master of the newest configuration (highest
-        config epoch) that the sentinels at ``sentinels`` report, else ``fallback``."""
+        config epoch) that the sentinels at ``sentinels`` report, else ``fallback``. A node names only
+        ``candidates`` (its nodes' tunnel addresses): whatever else a sentinel says is not followed."""
         views = await asyncio.gather(*(self._sentinel_view(address) for address in sentinels))
-        known = [v for v in views if v is not None]
+        known = [v for v in views if v is not None and (candidates is None or v.ip in candidates)]
         return max(known, key=lambda v: v.config_epoch).ip if known else fallback
 
     async def _sentinel_view(self, address: str) -> MasterView | None:

@@ -29,7 +29,7 @@ from heimdall.identity import Membership
 from heimdall.redis_server import RedisServerConfig, RedisServerProcess, RedisServerError
 from heimdall import sentinel as election
 from heimdall.sentinel import MASTER_NAME
-from heimdall.state import NodeRecord, State
+from heimdall.state import MasterRecord, NodeRecord, State
 from heimdall.state.connect import external_redis, probe_client
 
 POLL = 0.2  # membership file and bind checks while joining; not on any steady-state path
@@ -37,6 +37,19 @@ TICK = 1.0  # the settled main loop's wake-up: progress for the watchdog, nothin
 RESTART_BACKOFF_MAX = 10.0
 SENTINEL_TIMEOUT = 1.0
 MAX_REPLICA_LAG = 2  # seconds without a replica's acknowledgement before it stops counting for writes
+
+
+def replication_target(node_id: str, membership: Membership, master: MasterRecord | None,
+                       nodes: dict[str, NodeRecord], elected: str | None) -> str:
+    """Where the local Redis replicates from ("" = it is the master): the sentinel's choice (the newest
+    word) if it names a node's tunnel address, else the replicated master record, else, while the local
+    Redis is still empty, the master this node joined. The master's password goes wherever this points,
+    so an address that is no node's is never taken, whoever names it."""
+    if elected is not None and elected in {n.tunnel_address for n in nodes.values()}:
+        return "" if elected == membership.tunnel_address else elected
+    if master is None:
+        return "" if membership.master_node_id == node_id else membership.master_address
+    return "" if master.node_id == node_id else master.address
 
 
 def address_present(address: str) -> bool:
@@ -57,6 +70,7 @@ class StoreAgent(Daemon):
         self.server: RedisServerProcess | None = None
         self.replicating_from: str | None = None  # "" = we are master, None = not decided
         self.bound_tunnel = False
+        self.tunnel_address: str | None = None  # this node's, once redis-server listens on it
         self.tuned: int | None = None  # the replica-priority last set
         self.voters: list[str] = []  # the sentinels' addresses: every node's tunnel address, every witness's
         self.can_fail_over = False  # two nodes or more, three voters or more
@@ -115,15 +129,11 @@ class StoreAgent(Daemon):
                 if nodes:
                     await self._tune(client, nodes, await state.witnesses())
             except RedisError:
-                master = None
+                master, nodes = None, {}
         elected = await self._sentinel_master()
-        if elected is not None:  # the election's word is the newest
-            target = "" if elected == membership.tunnel_address else elected
-        elif master is None:  # not replicated yet: the membership file knows
-            target = "" if membership.master_node_id == self.node_id else membership.master_address
-        else:
-            target = "" if master.node_id == self.node_id else master.address
-        await self._replicate_from(target)
+        if elected is not None and elected not in {n.tunnel_address for n in nodes.values()}:
+            self.log.warning("the local sentinel names %s master, which is no node's tunnel address: ignored", elected)
+        await self._replicate_from(replication_target(self.node_id, membership, master, nodes, elected))
 
     async def _sentinel_master(self) -> str | None:
         """The master's address as the node's own sentinel sees it; None while it has no answer."""
@@ -155,8 +165,7 @@ class StoreAgent(Daemon):
         else 1, so a master cut off from its replicas stops taking writes, unless it has no replica in touch
         and a majority of the voters' sentinels name it master: then writes go on, unreplicated, until a
         replica is back (the survivor of two nodes and a witness)."""
-        membership = Membership.load(self.config.data_dir)
-        if self.tuned is None or membership is None:
+        if self.tuned is None or self.tunnel_address is None:
             return
         wanted = 1 if self.can_fail_over else 0
         if wanted and self.replicating_from == "":
@@ -164,7 +173,7 @@ class StoreAgent(Daemon):
                 info = await client.info("replication")
             in_touch = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
                         and v.get("state") == "online" and int(v.get("lag", MAX_REPLICA_LAG + 1)) <= MAX_REPLICA_LAG]
-            if not in_touch and await self._named_master_by_majority(membership.tunnel_address):
+            if not in_touch and await self._named_master_by_majority(self.tunnel_address):
                 wanted = 0
         if wanted != self.min_replicas:
             async with self.client as client:
@@ -199,6 +208,7 @@ class StoreAgent(Daemon):
             self.log.debug("cannot bind %s yet: %s", membership.tunnel_address, exc)
             return False
         self.log.info("redis-server listens on %s", bind)
+        self.tunnel_address = membership.tunnel_address
         return True
 
     async def _replicate_from(self, address: str) -> None:

@@ -8,6 +8,7 @@ integration tests, the demo and the benchmarks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import re
@@ -18,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from heimdall import cluster
 from heimdall.lab.hosts import Host
@@ -301,6 +302,16 @@ def start_peer(lab, name: str, peer_id: str, nodes: list[LabNode], logs: Path) -
     peer = LabPeer(lab.add_host(name), peer_id, nodes, logs).start()
     wait_until(lambda: peer.reaches(nodes), 30, f"{name} to reach every node\n{peer.logs()}")
     return peer
+
+
+@contextlib.contextmanager
+def stopping(nodes: list[LabNode], peers: Iterable[LabPeer] = ()):
+    """On the way out, stop ``peers`` then ``nodes``, as they are by then (a test may add some)."""
+    try:
+        yield
+    finally:
+        for member in [*peers, *nodes]:
+            member.stop()
 
 
 def elections_ready(nodes: list[LabNode], voters: int | None = None) -> bool:

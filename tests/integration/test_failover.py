@@ -14,7 +14,7 @@ import pytest
 
 from heimdall.lab import Lab
 from heimdall.lab.cluster import (AckedWriter, LabNode, LabPeer, elections_ready, new_cluster_key,
-                                  settled_on_one_master, start_nodes, start_peer, the_master, wait_until)
+                                  settled_on_one_master, start_nodes, start_peer, stopping, the_master, wait_until)
 from heimdall.lab.tunnels import LIVE_FLOW_SECONDS, PingFlow, assert_no_loss
 from heimdall.state import keys
 
@@ -32,13 +32,8 @@ def net(tmp_path_factory):
         nodes = start_nodes(lab, key, logs, ("node1", "node2", "node3"))
         # The peer's control stream is on node2, so the master's death is not also its node's.
         peers = {P1: start_peer(lab, "peer1", P1, [nodes[1], nodes[2], nodes[0]], logs)}
-        try:
+        with stopping(nodes, peers.values()):
             yield {"lab": lab, "logs": logs, "key": key, "nodes": nodes, "peers": peers}
-        finally:
-            for peer in peers.values():
-                peer.stop()
-            for node in nodes:
-                node.stop()
 
 
 def debug(net) -> str:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from heimdall.lab import Lab
-from heimdall.lab.cluster import new_cluster_key, start_nodes, start_peer, wait_until
+from heimdall.lab.cluster import new_cluster_key, start_nodes, start_peer, stopping, wait_until
 from heimdall.lab.tunnels import LIVE_FLOW_SECONDS, PingFlow, assert_no_loss
 from heimdall.state import keys
 
@@ -30,12 +30,8 @@ def net(tmp_path_factory):
         nodes = start_nodes(lab, key, logs, ("node1", "node2", "node3"))
         service = lab.add_host_behind("svc", nodes[1].host, SERVICE_NET)
         peer = start_peer(lab, "peer", PEER, nodes, logs)
-        try:
+        with stopping(nodes, [peer]):
             yield {"lab": lab, "logs": logs, "nodes": nodes, "peer": peer, "service": service}
-        finally:
-            peer.stop()
-            for node in nodes:
-                node.stop()
 
 
 def debug(net) -> str:

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from heimdall.lab import Lab
-from heimdall.lab.cluster import (BIN, LabNode, elections_ready, new_cluster_key, start_nodes, start_peer,
+from heimdall.lab.cluster import (BIN, LabNode, elections_ready, new_cluster_key, start_nodes, start_peer, stopping,
                                   wait_until)
 from heimdall.lab.tunnels import LIVE_FLOW_SECONDS, PingFlow, assert_no_loss
 from heimdall.state import keys
@@ -30,12 +30,8 @@ def net(tmp_path_factory):
     with Lab() as lab:
         nodes = start_nodes(lab, key, logs, ("node1", "node2"))
         peer = start_peer(lab, "peer", PEER, [nodes[1], nodes[0]], logs)
-        try:
+        with stopping(nodes, [peer]):
             yield {"lab": lab, "logs": logs, "key": key, "nodes": nodes, "peer": peer}
-        finally:
-            peer.stop()
-            for node in nodes:
-                node.stop()
 
 
 def debug(net) -> str:
